@@ -30,3 +30,21 @@ def hub(shared: Path) -> Path:
 @pytest.fixture(scope="session")
 def tokenizer_path(shared: Path) -> Path:
     return TOKENIZER
+
+
+def build(spec_name_or_path, out: Path, **kw) -> Path:
+    """Build a mixture from the mirror into `out` (quietly) and return `out`."""
+    from pipelines.build import BuildOptions, build_mixture
+    from pipelines.spec import load_spec
+
+    spec = load_spec(str(spec_name_or_path))
+    kw.setdefault("source_root", str(HUB))
+    kw.setdefault("progress", False)
+    build_mixture(spec, BuildOptions(out=str(out), **kw))
+    return out
+
+
+@pytest.fixture(scope="session")
+def stage2_build(tmp_path_factory, hub: Path) -> Path:
+    """The full stage2 mixture built from the mirror (~1.5M tokens, ~360 rows of 4,096; a few seconds)."""
+    return build("stage2", tmp_path_factory.mktemp("stage2") / "build")

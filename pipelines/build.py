@@ -1,0 +1,272 @@
+"""`build-mixture`: compose the datatrove pipelines of a build and run them on a datatrove executor.
+
+Stage A (one task per input file, parallel): read -> sample -> [decontaminate] -> [dedup signatures] -> tokenize ->
+write intermediates under OUT/work/<stage-A hash>/. datatrove's completion markers make a killed build resume: done
+files are skipped, a half-written file is redone (its outputs are only renamed into place when complete).
+Stage B (one task): global dedup, exclusion, packing, shard writing and the manifest. It always runs in full; its
+outputs are built under temporary names and swapped in, so the result is byte-identical to an uninterrupted build.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from datatrove.pipeline.base import PipelineStep
+
+from pipelines.manifest import write_manifest
+from pipelines.packing import PackInput, get_packer
+from pipelines.sources import HF_PREFIX, resolve_source
+from pipelines.spec import MixtureSpec
+from pipelines.steps import (
+    FileTask, ReadSourceFile, SampleByIdHash, Tokenize, WriteIntermediate, intermediate_paths,
+)
+
+
+@dataclass
+class BuildOptions:
+    out: str
+    source_root: str | None = None
+    seed: int | None = None  # default: the spec's seed
+    max_tokens: int | None = None
+    workers: int = 1
+    executor: str = "local"  # local | slurm | ray
+    executor_options: dict = field(default_factory=dict)
+    strict: bool = False
+    exclude: tuple[str, ...] = ()  # other builds whose documents must not be reused
+    progress: bool = True
+
+
+@dataclass
+class BuildContext:
+    """Everything a stage needs, as plain data (datatrove pickles the pipeline for its workers)."""
+
+    spec: MixtureSpec
+    opts: BuildOptions
+    seed: int
+    tokenizer_path: str
+    eos_id: int
+    pad_id: int
+    vocab_size: int
+    tasks: list[FileTask]
+    sources: list[dict]
+    work_dir: str
+    with_mask: bool
+    started_at: str
+    decontam_index: str | None = None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.opts.out)
+
+
+def _sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("midtrain", "datatrove", "tokenizers", "pyarrow", "polars", "duckdb", "numpy", "datasketch", "nltk"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _display_uri(path: str, source_root: str | None) -> str:
+    """Record files under their canonical hf:// URI when read through --source-root."""
+    if source_root:
+        root = str(Path(source_root).resolve())
+        p = str(Path(path).resolve()) if "://" not in path else path
+        if p.startswith(root + os.sep):
+            return HF_PREFIX + p[len(root) + 1:]
+    return path
+
+
+def _special_id(tok, names: tuple[str, ...]) -> int | None:
+    for n in names:
+        i = tok.token_to_id(n)
+        if i is not None:
+            return i
+    return None
+
+
+def prepare(spec: MixtureSpec, opts: BuildOptions) -> BuildContext:
+    """Resolve sources and tokenizer, and fix the stage-A work dir from a hash of everything stage A depends on."""
+    from tokenizers import Tokenizer
+
+    tokenizer_path = spec.resolve_tokenizer()
+    tok = Tokenizer.from_file(tokenizer_path)
+    eos_id = spec.eos_id if spec.eos_id is not None else _special_id(tok, ("<|endoftext|>", "</s>", "<eos>"))
+    pad_id = spec.pad_id if spec.pad_id is not None else _special_id(tok, ("<|padding|>", "<pad>"))
+    if eos_id is None:
+        raise ValueError(f"{spec.path}: tokenizer has no <|endoftext|>; set eos_id in the spec")
+    if pad_id is None:
+        pad_id = eos_id
+    seed = spec.seed if opts.seed is None else opts.seed
+
+    tasks: list[FileTask] = []
+    sources: list[dict] = []
+    for s in spec.sources:
+        resolved = resolve_source(s.uri, opts.source_root)
+        condition = "ok" if resolved.files else ("optional-missing" if s.optional else "no-files")
+        sources.append({"source": s.name, "uri": s.uri, "resolved": resolved.resolved, "sample": s.sample,
+                        "n_files": len(resolved.files), "condition": condition})
+        for f in resolved.files:
+            tasks.append(FileTask(source=s.name, path=f, display=_display_uri(f, opts.source_root), fmt=s.format,
+                                  text_key=s.text_key, id_key=s.id_key, sample=s.sample))
+
+    with_mask = bool(spec.packing.get("loss_mask", False))
+    stage_a = {
+        "tasks": [t.__dict__ for t in tasks], "tokenizer_sha256": _sha256_file(tokenizer_path), "eos": eos_id,
+        "seed": seed, "strict": opts.strict, "decontaminate": spec.decontaminate, "dedup": spec.dedup,
+        "with_mask": with_mask, "format_version": 1,
+    }
+    stage_a_hash = hashlib.sha256(json.dumps(stage_a, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return BuildContext(
+        spec=spec, opts=opts, seed=seed, tokenizer_path=tokenizer_path, eos_id=eos_id, pad_id=pad_id,
+        vocab_size=tok.get_vocab_size(), tasks=tasks, sources=sources,
+        work_dir=str(Path(opts.out) / "work" / stage_a_hash), with_mask=with_mask,
+        started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def stage_a_pipeline(ctx: BuildContext) -> list[PipelineStep]:
+    steps: list[PipelineStep] = [
+        ReadSourceFile(ctx.tasks, strict=ctx.opts.strict),
+        SampleByIdHash(ctx.seed, {s.name: s.sample for s in ctx.spec.sources}),
+    ]
+    if ctx.spec.decontaminate is not None:
+        from pipelines.decontam import DecontaminationStep
+
+        steps.append(DecontaminationStep(_decontam_config(ctx), ctx.decontam_index))
+    if ctx.spec.dedup is not None:
+        from pipelines.dedup import DedupConfig, DedupSignatureStep
+
+        steps.append(DedupSignatureStep(DedupConfig.from_spec(ctx.spec.dedup)))
+    steps += [
+        Tokenize(ctx.tokenizer_path, ctx.eos_id, with_offsets=ctx.with_mask),
+        WriteIntermediate(os.path.join(ctx.work_dir, "docs"), ctx.tasks, with_mask=ctx.with_mask),
+    ]
+    return steps
+
+
+def _decontam_config(ctx: BuildContext):
+    from pipelines.decontam import DecontamConfig
+
+    spec_dir = Path(ctx.spec.path).parent if ctx.spec.path else Path.cwd()
+    return DecontamConfig.from_spec(ctx.spec.decontaminate, spec_dir)
+
+
+class PackAndWrite(PipelineStep):
+    """Stage B as a datatrove step (one task): global decisions, packing, shards and manifest."""
+
+    name = "📦 pack, write shards and manifest"
+    type = "💽 - WRITER"
+
+    def __init__(self, ctx: BuildContext):
+        super().__init__()
+        self.ctx = ctx
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        from pipelines.finalize import finalize_build
+
+        finalize_build(self.ctx)
+        return iter(())
+
+
+def _make_executor(kind: str, pipeline: list, tasks: int, logging_dir: str, opts: BuildOptions, depends=None,
+                   job_name: str = "midtrain"):
+    if kind == "local":
+        from datatrove.executor import LocalPipelineExecutor
+
+        return LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=min(opts.workers, tasks),
+                                     logging_dir=logging_dir, depends=depends, skip_completed=depends is None)
+    if kind == "slurm":
+        from datatrove.executor import SlurmPipelineExecutor
+
+        o = dict(opts.executor_options)
+        return SlurmPipelineExecutor(pipeline=pipeline, tasks=tasks, time=o.pop("time", "24:00:00"),
+                                     partition=o.pop("partition", "cpu"), workers=opts.workers if opts.workers > 1 else -1,
+                                     logging_dir=logging_dir, job_name=job_name, depends=depends,
+                                     skip_completed=depends is None, **o)
+    if kind == "ray":
+        from datatrove.executor.ray import RayPipelineExecutor
+
+        return RayPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=opts.workers, logging_dir=logging_dir,
+                                   depends=depends, skip_completed=depends is None, **opts.executor_options)
+    raise ValueError(f"unknown executor {kind!r}; use local, slurm or ray")
+
+
+def make_executors(ctx: BuildContext):
+    logs = os.path.join(ctx.work_dir, "logs")
+    stage_a = None
+    if ctx.tasks:  # a mixture whose sources all matched nothing still gets its (empty) manifest
+        stage_a = _make_executor(ctx.opts.executor, stage_a_pipeline(ctx), len(ctx.tasks),
+                                 os.path.join(logs, "stage_a"), ctx.opts, job_name=f"{ctx.spec.name}-read-tokenize")
+    stage_b = _make_executor(ctx.opts.executor, [PackAndWrite(ctx)], 1, os.path.join(logs, "stage_b"), ctx.opts,
+                             depends=stage_a, job_name=f"{ctx.spec.name}-pack")
+    return stage_a, stage_b
+
+
+def _run_with_progress(executor, n_tasks: int, completions_dir: str, label: str) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    error: list[BaseException] = []
+
+    def target():
+        try:
+            executor.run()
+        except BaseException as e:  # re-raised in the caller's thread
+            error.append(e)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=False) as progress:
+        bar = progress.add_task(label, total=n_tasks)
+        while thread.is_alive():
+            done = len(os.listdir(completions_dir)) if os.path.isdir(completions_dir) else 0
+            progress.update(bar, completed=done)
+            thread.join(0.2)
+        done = len(os.listdir(completions_dir)) if os.path.isdir(completions_dir) else 0
+        progress.update(bar, completed=done)
+    if error:
+        raise error[0]
+
+
+def build_mixture(spec: MixtureSpec, opts: BuildOptions) -> Path:
+    """Run a whole build; returns the manifest path."""
+    ctx = prepare(spec, opts)
+    Path(opts.out).mkdir(parents=True, exist_ok=True)
+    if spec.decontaminate is not None:
+        from pipelines.decontam import build_decontam_index
+
+        ctx.decontam_index = os.path.join(ctx.work_dir, "decontam-index")
+        if not Path(ctx.decontam_index).exists():
+            build_decontam_index(_decontam_config(ctx), Path(ctx.decontam_index))
+    stage_a, stage_b = make_executors(ctx)
+    if opts.executor == "local" and stage_a is not None:
+        if opts.progress:
+            _run_with_progress(stage_a, len(ctx.tasks), os.path.join(ctx.work_dir, "logs", "stage_a", "completions"),
+                               f"read + tokenize {len(ctx.tasks)} files")
+        else:
+            stage_a.run()
+    # local: stage A is done, this runs stage B; slurm/ray: submits both stages (B depends on A) and returns
+    stage_b.run()
+    return Path(opts.out) / "manifest.duckdb"

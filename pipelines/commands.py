@@ -1,0 +1,156 @@
+"""CLI commands of the corpus builder: mixtures, show, build-mixture, verify."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+def print_summary(out: Path) -> None:
+    """Composition table, drops by reason and source conditions of a finished build."""
+    from pipelines.manifest import connect
+
+    con = connect(out)
+    t = Table(title=f"composition of {out}", show_footer=True)
+    rows = con.execute("SELECT source, n_docs, n_tokens, share, epochs FROM composition").fetchall()
+    total_docs = sum(r[1] for r in rows)
+    total_tok = sum(r[2] for r in rows)
+    t.add_column("source", footer="total")
+    t.add_column("docs", justify="right", footer=f"{total_docs:,}")
+    t.add_column("tokens", justify="right", footer=f"{total_tok:,}")
+    t.add_column("share", justify="right", footer="100.00%" if total_tok else "")
+    t.add_column("epochs", justify="right")
+    for source, n_docs, n_tok, share, epochs in rows:
+        t.add_row(source, f"{n_docs:,}", f"{n_tok:,}", f"{(share or 0) * 100:.2f}%",
+                  "-" if epochs is None else f"{epochs:.4f}")
+    console.print(t)
+    (n_in, n_kept), = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE status = 'kept') FROM documents").fetchall()
+    dropped = con.execute(
+        "SELECT reason, count(*) FROM documents WHERE status = 'dropped' GROUP BY reason ORDER BY 2 DESC").fetchall()
+    d = Table(title=f"documents: {n_in:,} read, {n_kept:,} kept, {n_in - n_kept:,} dropped")
+    d.add_column("dropped because")
+    d.add_column("docs", justify="right")
+    for reason, n in dropped:
+        d.add_row(reason, f"{n:,}")
+    console.print(d)
+    for source, condition in con.execute(
+            "SELECT source, condition FROM sources WHERE condition <> 'ok' ORDER BY source").fetchall():
+        console.print(f"[yellow]source {source}: {condition}[/] (matched no files)")
+    n_shards, n_rows, n_pad, seq_len = con.execute(
+        "SELECT count(*), coalesce(sum(n_rows), 0), coalesce(sum(n_pad), 0), (SELECT seq_len FROM build) FROM shards"
+    ).fetchone()
+    console.print(f"{n_shards} shard(s), {n_rows:,} rows × {seq_len:,} tokens, {n_pad:,} padding tokens → {out}")
+    con.close()
+
+
+def register(app: typer.Typer, synth_app: typer.Typer) -> None:
+    @app.command("mixtures")
+    def mixtures_cmd() -> None:
+        """List the mixture specs shipped in mixtures/."""
+        from pipelines.spec import available_specs, load_spec
+
+        t = Table(title="mixtures")
+        for col in ("name", "seq_len", "sources", "description"):
+            t.add_column(col)
+        for name in available_specs():
+            s = load_spec(name)
+            t.add_row(name, f"{s.seq_len:,}", str(len(s.sources)), s.description)
+        console.print(t)
+
+    @app.command("show")
+    def show_cmd(name: Annotated[str, typer.Argument(help="Mixture name (see `mixtures`) or path to a spec YAML.")],
+                 source_root: Annotated[Optional[str], typer.Option(
+                     help="Also list how many files each source matches under this root (hf:// mapped here).")] = None) -> None:
+        """Show a mixture spec: its sources, sampling rates and formats."""
+        from pipelines.sources import resolve_source
+        from pipelines.spec import SpecError, load_spec
+
+        try:
+            s = load_spec(name)
+        except SpecError as e:
+            _fail(str(e))
+        console.print(f"[bold]{s.name}[/] — {s.description}\nseq_len {s.seq_len:,} · tokenizer {s.tokenizer} · "
+                      f"rope_theta {s.rope_theta:,.0f} · seed {s.seed} · packing {s.packing}")
+        t = Table()
+        for col in ("source", "uri", "sample", "format", "optional") + (("files",) if source_root else ()):
+            t.add_column(col)
+        for src in s.sources:
+            extra = (str(len(resolve_source(src.uri, source_root).files)),) if source_root else ()
+            t.add_row(src.name, src.uri, f"{src.sample:g}", src.format, "yes" if src.optional else "", *extra)
+        console.print(t)
+        for key in ("dedup", "decontaminate"):
+            if getattr(s, key) is not None:
+                console.print(f"{key}: {getattr(s, key)}")
+
+    @app.command("build-mixture")
+    def build_cmd(
+        name: Annotated[str, typer.Argument(help="Mixture name (see `mixtures`) or path to a spec YAML.")],
+        out: Annotated[Optional[Path], typer.Option(help="Output directory (default: out/<name>).")] = None,
+        source_root: Annotated[Optional[str], typer.Option(
+            help="Map hf://datasets/<owner>/<repo>/<path> to DIR/<owner>/<repo>/<path> (e.g. ../shared/data/hub).")] = None,
+        seed: Annotated[Optional[int], typer.Option(help="Sampling/shuffling seed (default: the spec's seed).")] = None,
+        max_tokens: Annotated[Optional[int], typer.Option(
+            help="Stop filling rows after this many tokens (whole documents; the rest are dropped as max-tokens).")] = None,
+        workers: Annotated[int, typer.Option(help="Parallel worker processes for the per-file stage.")] = 1,
+        executor: Annotated[str, typer.Option(help="datatrove executor: local, slurm or ray.")] = "local",
+        executor_opt: Annotated[Optional[list[str]], typer.Option(
+            help="KEY=VALUE passed to the slurm/ray executor (e.g. partition=cpu, time=12:00:00); repeatable.")] = None,
+        strict: Annotated[bool, typer.Option(help="Fail on the first unreadable record instead of counting it as dropped.")] = False,
+        exclude: Annotated[Optional[list[Path]], typer.Option(
+            help="Another build's OUT dir: its documents are not reused here (dropped as excluded); repeatable.")] = None,
+        progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    ) -> None:
+        """Build a mixture into token shards + manifest.duckdb, then print its composition."""
+        from pipelines.build import BuildOptions, build_mixture
+        from pipelines.formats import SourceFileError
+        from pipelines.spec import SpecError, load_spec
+
+        try:
+            spec = load_spec(name)
+        except SpecError as e:
+            _fail(str(e))
+        opts_kv = {}
+        for kv in executor_opt or []:
+            if "=" not in kv:
+                _fail(f"--executor-opt expects KEY=VALUE, got {kv!r}")
+            k, v = kv.split("=", 1)
+            opts_kv[k] = int(v) if v.isdigit() else v
+        out = out or Path("out") / spec.name
+        opts = BuildOptions(out=str(out), source_root=source_root, seed=seed, max_tokens=max_tokens, workers=workers,
+                            executor=executor, executor_options=opts_kv, strict=strict,
+                            exclude=tuple(str(p) for p in exclude or ()), progress=progress)
+        try:
+            build_mixture(spec, opts)
+        except (SpecError, SourceFileError, FileNotFoundError) as e:
+            _fail(str(e))
+        except ValueError as e:
+            if strict or "unknown" in str(e):
+                _fail(str(e))
+            raise
+        if executor == "local":
+            print_summary(out)
+        else:
+            console.print(f"submitted to {executor}; run `python cli.py verify {out}` when it finishes")
+
+    @app.command("verify")
+    def verify_cmd(out: Annotated[Path, typer.Argument(help="A build's output directory.")]) -> None:
+        """Re-hash every shard and reconcile the manifest's counts with the shard files."""
+        from pipelines.verify import verify_build
+
+        problems = verify_build(out)
+        if problems:
+            for p in problems:
+                console.print(f"[red]✗[/] {p}")
+            raise typer.Exit(1)
+        console.print(f"[green]✓[/] {out}: shards match their hashes and every count reconciles")

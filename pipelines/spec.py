@@ -1,0 +1,175 @@
+"""Declarative mixture specs: YAML in `mixtures/`, validated into dataclasses with errors that name the field."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MIXTURES_DIR = Path(__file__).resolve().parents[1] / "mixtures"
+REPO_ROOT = MIXTURES_DIR.parent
+
+# How a record becomes text (see pipelines/formats.py); the container (jsonl/gz/zst/parquet/json array) is inferred
+# from the file name.
+FORMATS = ("text", "messages", "conversations", "question_answer")
+
+
+class SpecError(ValueError):
+    """A mixture spec is invalid; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    name: str
+    uri: str
+    sample: float = 1.0  # < 1 subsamples, > 1 repeats (by document-id hash)
+    format: str = "text"
+    text_key: str = "text"
+    id_key: str = "id"
+    optional: bool = False  # an optional source with no files is reported, not an error condition
+    packing: str | dict[str, Any] | None = None  # packer-specific role of this source (e.g. long / short), see pipelines/packing.py
+    options: dict[str, Any] = field(default_factory=dict)  # free-form per-source settings for packers/adapters
+
+
+@dataclass(frozen=True)
+class MixtureSpec:
+    name: str
+    seq_len: int
+    tokenizer: str
+    sources: tuple[SourceSpec, ...]
+    description: str = ""
+    eos_id: int | None = None  # default: the tokenizer's <|endoftext|> (0 for the Instella tokenizer)
+    pad_id: int | None = None  # default: the tokenizer's <|padding|> (1 for the Instella tokenizer)
+    rope_theta: float = 10_000.0  # recorded for the trainer
+    seed: int = 0
+    shard_tokens: int = 1 << 27  # target tokens per shard file (rounded to whole rows)
+    packing: dict[str, Any] = field(default_factory=lambda: {"mode": "concat"})
+    dedup: dict[str, Any] | None = None
+    decontaminate: dict[str, Any] | None = None
+    path: str = ""  # where the spec was loaded from (not part of the hash)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("path")
+        return d
+
+    @property
+    def spec_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+
+    def resolve_tokenizer(self) -> str:
+        """A tokenizer.json path, or a name (`allenai/eleuther-ai-gpt-neox-20b-pii-special`) looked up as
+        `<owner>_<name>.json` in $MIDTRAIN_TOKENIZERS and the shared data's tokenizers/ folder."""
+        path = self.resolve_path(self.tokenizer)
+        if Path(path).exists():
+            return path
+        file_name = self.tokenizer.replace("/", "_") + ("" if self.tokenizer.endswith(".json") else ".json")
+        for d in (os.environ.get("MIDTRAIN_TOKENIZERS"), REPO_ROOT.parent / "shared" / "data" / "tokenizers"):
+            if d and (Path(d) / file_name).exists():
+                return str((Path(d) / file_name).resolve())
+        raise SpecError(f"{self.path}: tokenizer '{self.tokenizer}' not found as a path or as {file_name} in "
+                        "$MIDTRAIN_TOKENIZERS or ../shared/data/tokenizers")
+
+    def resolve_path(self, value: str) -> str:
+        """Resolve a spec-relative local path (tokenizer, benchmarks): spec dir first, then the repo root."""
+        if "://" in value or Path(value).is_absolute():
+            return value
+        for base in (Path(self.path).parent if self.path else None, REPO_ROOT):
+            if base is not None and (base / value).exists():
+                return str((base / value).resolve())
+        return str((REPO_ROOT / value).resolve())
+
+
+def _check_type(where: str, key: str, value: Any, types: tuple[type, ...]) -> None:
+    if isinstance(value, bool) and bool not in types:
+        raise SpecError(f"{where}: field '{key}' must be {' or '.join(t.__name__ for t in types)}, got bool")
+    if not isinstance(value, types):
+        raise SpecError(
+            f"{where}: field '{key}' must be {' or '.join(t.__name__ for t in types)}, got {type(value).__name__} ({value!r})"
+        )
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.name != "path"}
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "uri": (str,), "sample": (int, float), "format": (str,), "text_key": (str,), "id_key": (str,),
+    "optional": (bool,), "packing": (str, dict), "options": (dict,), "seq_len": (int,), "tokenizer": (str,),
+    "sources": (list,), "description": (str,), "eos_id": (int,), "pad_id": (int,), "rope_theta": (int, float),
+    "seed": (int,), "shard_tokens": (int,), "dedup": (dict,), "decontaminate": (dict,),
+}
+
+
+def _validate_mapping(where: str, raw: Any, cls) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    known = _fields(cls)
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise SpecError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(known)}")
+    missing = [
+        k for k, f in known.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and k not in raw
+    ]
+    if missing:
+        raise SpecError(f"{where}: missing required field(s) {missing}")
+    for key, value in raw.items():
+        if value is None and key in ("dedup", "decontaminate", "eos_id", "pad_id", "packing"):
+            continue
+        _check_type(where, key, value, _TYPES[key])
+    return dict(raw)
+
+
+def parse_spec(raw: Any, path: str = "<spec>") -> MixtureSpec:
+    data = _validate_mapping(path, raw, MixtureSpec)
+    if cls_packing := data.get("packing"):
+        if not isinstance(cls_packing, dict):
+            raise SpecError(f"{path}: field 'packing' must be a mapping like {{mode: concat}}")
+    if data["seq_len"] <= 0:
+        raise SpecError(f"{path}: field 'seq_len' must be positive, got {data['seq_len']}")
+    if not data["sources"]:
+        raise SpecError(f"{path}: field 'sources' must list at least one source")
+    sources = []
+    seen: set[str] = set()
+    for i, raw_source in enumerate(data["sources"]):
+        where = f"{path}: sources[{i}]"
+        s = _validate_mapping(where, raw_source, SourceSpec)
+        if s["name"] in seen:
+            raise SpecError(f"{where}: duplicate source name '{s['name']}'")
+        seen.add(s["name"])
+        if s.get("sample", 1.0) < 0:
+            raise SpecError(f"{where}: field 'sample' must be >= 0, got {s['sample']}")
+        if s.get("format", "text") not in FORMATS:
+            raise SpecError(f"{where}: field 'format' must be one of {list(FORMATS)}, got {s['format']!r}")
+        sources.append(SourceSpec(**{**s, "sample": float(s.get("sample", 1.0))}))
+    data["sources"] = tuple(sources)
+    if "rope_theta" in data:
+        data["rope_theta"] = float(data["rope_theta"])
+    return MixtureSpec(**data, path=path)
+
+
+def available_specs() -> list[str]:
+    return sorted(p.stem for p in MIXTURES_DIR.glob("*.yaml"))
+
+
+def load_spec(name_or_path: str) -> MixtureSpec:
+    """Load a spec by name (`stage2`) or path (`my/spec.yaml`)."""
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        candidate = MIXTURES_DIR / f"{name_or_path}.yaml"
+        if not candidate.exists():
+            if path.suffix in (".yaml", ".yml"):
+                raise SpecError(f"spec file not found: {name_or_path}")
+            raise SpecError(f"unknown mixture '{name_or_path}'; available: {', '.join(available_specs())}")
+        path = candidate
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from e
+    return parse_spec(raw, str(path))

@@ -1,0 +1,235 @@
+"""Stage A of a build, as datatrove pipeline steps run once per input file (task rank = file index).
+
+read (every record, unreadable ones as `dropped` docs) -> sample by id hash -> [decontaminate] -> [dedup
+signatures] -> tokenize -> write intermediates. Documents are never removed from the stream: a step that rejects one
+sets `metadata["status"] = "dropped"` and a `reason`, so the manifest can account for every input record.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+
+from pipelines import _logging  # noqa: F401  (quiet datatrove console in every worker)
+from pipelines.formats import iter_records
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """One input file of one source; the datatrove task with the same rank processes it."""
+
+    source: str
+    path: str  # what is opened (after --source-root mapping)
+    display: str  # what the manifest records (the canonical hf:// URI when read from a mirror)
+    fmt: str
+    text_key: str
+    id_key: str
+    sample: float
+
+
+class ReadSourceFile(PipelineStep):
+    """Emit one Document per record of file `tasks[rank]`, unreadable records included (status `dropped`)."""
+
+    name = "📖 read source file"
+    type = "📖 - READER"
+
+    def __init__(self, tasks: list[FileTask], strict: bool = False):
+        super().__init__()
+        self.tasks = tasks
+        self.strict = strict
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        task = self.tasks[rank]
+        base = Path(task.path).name
+        for rec in iter_records(task.path, task.fmt, task.text_key, task.id_key):
+            if rec.reason and self.strict:
+                raise ValueError(f"{task.path}:{rec.line}: {rec.reason} ({rec.detail})")
+            doc_id = rec.doc_id if rec.doc_id is not None else f"{task.source}/{base}:{rec.line}"
+            meta = {
+                "source": task.source, "file": task.display, "line": rec.line,
+                "status": "dropped" if rec.reason else "kept", "reason": rec.reason, "detail": rec.detail,
+                "n_chars": len(rec.text) if rec.text else 0, "n_copies": 0 if rec.reason else 1,
+                "url": rec.url,
+            }
+            if rec.answer_spans:
+                meta["answer_spans"] = rec.answer_spans
+            self.stat_update("records")
+            if rec.reason:
+                self.stat_update(f"dropped:{rec.reason}")
+            yield Document(text=rec.text or "", id=doc_id, metadata=meta)
+
+
+def sample_copies(seed: int, source: str, doc_id: str, rate: float) -> int:
+    """Deterministic copies of a document for a sampling rate: floor(rate) plus one more with prob frac(rate)."""
+    whole = int(rate)
+    frac = rate - whole
+    if frac == 0:
+        return whole
+    h = hashlib.blake2b(f"{seed}\x00{source}\x00{doc_id}".encode(), digest_size=8).digest()
+    u = int.from_bytes(h, "little") / 2**64
+    return whole + (1 if u < frac else 0)
+
+
+class SampleByIdHash(PipelineStep):
+    """rate < 1 keeps a doc with probability `rate`; rate > 1 repeats it floor/ceil(rate) times (recorded)."""
+
+    name = "🎲 sample by id hash"
+    type = "🔻 - FILTER"
+
+    def __init__(self, seed: int, rates: dict[str, float]):
+        super().__init__()
+        self.seed = seed
+        self.rates = rates
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        for doc in data:
+            meta = doc.metadata
+            rate = self.rates.get(meta["source"], 1.0)
+            if meta["status"] == "kept" and rate != 1.0:
+                copies = sample_copies(self.seed, meta["source"], doc.id, rate)
+                meta["n_copies"] = copies
+                if copies == 0:
+                    meta["status"], meta["reason"] = "dropped", "sampled-out"
+                    self.stat_update("sampled-out")
+            yield doc
+
+
+class Tokenize(PipelineStep):
+    """Tokenize kept docs in batches with HF `tokenizers` (Rust, multi-threaded) and append EOS."""
+
+    name = "🔢 tokenize"
+    type = "🔢 - TOKENIZER"
+
+    def __init__(self, tokenizer_path: str, eos_id: int, batch_size: int = 512, with_offsets: bool = False):
+        super().__init__()
+        self.tokenizer_path = tokenizer_path
+        self.eos_id = eos_id
+        self.batch_size = batch_size
+        self.with_offsets = with_offsets  # SFT builds need offsets to map answer char spans to tokens
+        self._tok = None
+
+    @property
+    def tokenizer(self):
+        if self._tok is None:
+            from tokenizers import Tokenizer
+
+            self._tok = Tokenizer.from_file(self.tokenizer_path)
+            self._tok.no_truncation()
+            self._tok.no_padding()
+        return self._tok
+
+    def _flush(self, batch: list[Document]) -> None:
+        kept = [d for d in batch if d.metadata["status"] == "kept"]
+        if not kept:
+            return
+        texts = [d.text for d in kept]
+        if self.with_offsets:
+            encs = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+            for d, e in zip(kept, encs):
+                d.metadata["tokens"] = np.fromiter((*e.ids, self.eos_id), dtype=np.uint32)
+                d.metadata["offsets"] = e.offsets
+        else:
+            encs = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+            for d, e in zip(kept, encs):
+                ids = np.empty(len(e.ids) + 1, dtype=np.uint32)
+                ids[:-1] = e.ids
+                ids[-1] = self.eos_id
+                d.metadata["tokens"] = ids
+        self.stat_update("tokens", value=sum(len(d.metadata["tokens"]) for d in kept))
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        batch: list[Document] = []
+        for doc in data:
+            batch.append(doc)
+            if len(batch) >= self.batch_size:
+                self._flush(batch)
+                yield from batch
+                batch = []
+        self._flush(batch)
+        yield from batch
+
+
+# Columns of the per-file intermediate table (work/<source>/<rank>.docs.parquet). Optional steps add the
+# metadata keys listed in EXTRA_COLUMNS; absent ones are written as nulls.
+EXTRA_COLUMNS: dict[str, pa.DataType] = {
+    "text_hash": pa.int64(),
+    "minhash": pa.list_(pa.int64()),
+    "url": pa.string(),
+    "contamination": pa.list_(pa.struct([("benchmark", pa.string()), ("item_id", pa.string()), ("n_matches", pa.int64())])),
+}
+
+
+def intermediate_paths(work_dir: str, rank: int) -> tuple[str, str, str]:
+    base = os.path.join(work_dir, f"{rank:05d}")
+    return base + ".docs.parquet", base + ".tokens.bin", base + ".mask.bin"
+
+
+def answer_mask(tokens_len: int, offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> np.ndarray:
+    """1 for tokens whose characters fall inside an answer span (the EOS after an answer counts as answer)."""
+    mask = np.zeros(tokens_len, dtype=np.uint8)
+    if not spans:
+        return mask
+    starts = np.array([o[0] for o in offsets], dtype=np.int64)
+    for a, b in spans:
+        mask[:-1][(starts >= a) & (starts < b)] = 1
+    if spans and spans[-1][1] >= (offsets[-1][1] if offsets else 0):
+        mask[-1] = 1
+    return mask
+
+
+class WriteIntermediate(PipelineStep):
+    """Stream tokens of this file's kept docs to a flat uint32 file and every doc's row to parquet (atomically)."""
+
+    name = "💾 write intermediate"
+    type = "💽 - WRITER"
+
+    def __init__(self, work_dir: str, tasks: list[FileTask], with_mask: bool = False):
+        super().__init__()
+        self.work_dir = work_dir
+        self.tasks = tasks
+        self.with_mask = with_mask
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        os.makedirs(self.work_dir, exist_ok=True)
+        docs_path, tok_path, mask_path = intermediate_paths(self.work_dir, rank)
+        cols: dict[str, list] = {k: [] for k in (
+            "doc_id", "source", "file", "line", "n_chars", "n_tokens", "status", "reason", "detail", "n_copies",
+            "offset", *EXTRA_COLUMNS)}
+        offset = 0
+        with open(tok_path + ".tmp", "wb") as tok_f, open(mask_path + ".tmp", "wb") as mask_f:
+            for doc in data:
+                m = doc.metadata
+                tokens = m.pop("tokens", None)
+                n = 0 if tokens is None else len(tokens)
+                if tokens is not None:
+                    tok_f.write(tokens.tobytes())
+                    if self.with_mask:
+                        mask_f.write(answer_mask(n, m.pop("offsets", []), m.get("answer_spans", [])).tobytes())
+                for k, v in (("doc_id", doc.id), ("source", m["source"]), ("file", m["file"]), ("line", m["line"]),
+                             ("n_chars", m["n_chars"]), ("n_tokens", n if tokens is not None else None),
+                             ("status", m["status"]), ("reason", m["reason"]), ("detail", m.get("detail", "")),
+                             ("n_copies", m["n_copies"] if m["status"] == "kept" else 0), ("offset", offset)):
+                    cols[k].append(v)
+                for k in EXTRA_COLUMNS:
+                    cols[k].append(m.get(k))
+                offset += n
+                yield doc
+        schema = pa.schema([
+            ("doc_id", pa.string()), ("source", pa.string()), ("file", pa.string()), ("line", pa.int64()),
+            ("n_chars", pa.int64()), ("n_tokens", pa.int64()), ("status", pa.string()), ("reason", pa.string()),
+            ("detail", pa.string()), ("n_copies", pa.int32()), ("offset", pa.int64()),
+            *EXTRA_COLUMNS.items(),
+        ])
+        table = pa.table(cols, schema=schema)
+        pq.write_table(table, docs_path + ".tmp")
+        # tokens first, the parquet last: a parquet present means this file's intermediates are complete
+        os.replace(tok_path + ".tmp", tok_path)
+        os.replace(mask_path + ".tmp", mask_path)
+        os.replace(docs_path + ".tmp", docs_path)
