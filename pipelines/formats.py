@@ -158,10 +158,34 @@ def _make_record(rec: Any, line: int, fmt: str, text_key: str, id_key: str) -> R
     return Record(line, doc_id, text, None, url=_url_of(rec), answer_spans=spans)
 
 
-def _lines(stream, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-    """Split a binary stream into lines by reading large chunks (decompressors like zstd can't iterate lines)."""
-    pending = b""
+def _chunks(stream, chunk_size: int = 1 << 14) -> Iterator[bytes]:
+    """Small reads: when a compressed stream breaks, only the chunk being read is lost."""
     while chunk := stream.read(chunk_size):
+        yield chunk
+
+
+def _zstd_chunks(raw, chunk_size: int = 1 << 16) -> Iterator[bytes]:
+    """Decode (possibly multi-frame) zstd; zstandard's stream reader ends silently on a truncated frame, so check
+    that the last frame was complete."""
+    dctx = zstandard.ZstdDecompressor()
+    dobj, mid_frame = dctx.decompressobj(), False
+    while data := raw.read(chunk_size):
+        while data:
+            mid_frame = True
+            if out := dobj.decompress(data):
+                yield out
+            data = b""
+            if dobj.eof:
+                mid_frame, data = False, dobj.unused_data
+                dobj = dctx.decompressobj()
+    if mid_frame:
+        raise EOFError("zstd stream ended in the middle of a frame")
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Split decoded chunks into lines."""
+    pending = b""
+    for chunk in chunks:
         pending += chunk
         *lines, pending = pending.split(b"\n")
         yield from lines
@@ -169,10 +193,10 @@ def _lines(stream, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         yield pending
 
 
-def _iter_jsonl(stream: io.BufferedIOBase, fmt: str, text_key: str, id_key: str) -> Iterator[Record]:
+def _iter_jsonl(chunks: Iterator[bytes], fmt: str, text_key: str, id_key: str) -> Iterator[Record]:
     line_no = 0
     try:
-        for raw in _lines(stream):
+        for raw in _lines(chunks):
             line_no += 1
             if not raw.strip():
                 continue  # blank lines are not records
@@ -227,13 +251,15 @@ def iter_records(path: str, fmt: str = "text", text_key: str = "text", id_key: s
     if kind == "parquet":
         yield from _iter_parquet(path, fmt, text_key, id_key)
         return
+    if path.lower().endswith(".zst"):
+        with fsspec.open(path, "rb") as raw:
+            yield from _iter_jsonl(_zstd_chunks(raw), fmt, text_key, id_key)
+        return
     with fsspec.open(path, "rb", compression="infer") as stream:
         if kind == "json":
-            head = stream.read(64).lstrip()
-            rest = stream.read()
-            data = head + rest
-            if head.startswith(b"["):
+            data = stream.read()
+            if data.lstrip()[:1] == b"[":
                 yield from _iter_json_array(path, data, fmt, text_key, id_key)
                 return
             stream = io.BytesIO(data)
-        yield from _iter_jsonl(stream, fmt, text_key, id_key)
+        yield from _iter_jsonl(_chunks(stream), fmt, text_key, id_key)
