@@ -1,0 +1,55 @@
+"""Unit-level checks of the spine: row cutting, sampling, URI mapping, executor pass-through."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import HUB
+from pipelines.packing import cut_into_rows
+from pipelines.sources import map_uri, resolve_source
+from pipelines.steps import sample_copies
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_cut_into_rows_covers_every_token_once(seed: int):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 300, size=200)
+    keys = np.arange(200)
+    seg, n_rows = cut_into_rows(keys, np.zeros(200, np.int32), lengths, seq_len=128)
+    assert n_rows == -(-lengths.sum() // 128)
+    assert (seg["start"] + seg["length"] <= 128).all() and (seg["length"] > 0).all()
+    per_doc = seg.group_by("key").sum().sort("key")
+    assert per_doc["length"].to_list() == lengths.tolist()
+    flat = (seg["row"] * 128 + seg["start"]).to_numpy()
+    assert (np.diff(flat) == seg["length"].to_numpy()[:-1]).all()  # contiguous, in order, no gaps
+
+
+def test_sampling_is_stable_and_close_to_rate():
+    picks = [sample_copies(0, "s", f"doc-{i}", 0.25) for i in range(20000)]
+    assert picks == [sample_copies(0, "s", f"doc-{i}", 0.25) for i in range(20000)]
+    assert abs(sum(picks) / 20000 - 0.25) < 0.02
+    assert {sample_copies(3, "s", f"d{i}", 1.5) for i in range(100)} == {1, 2}
+
+
+def test_source_root_maps_hf_uris():
+    assert map_uri("hf://datasets/allenai/x/data/a.json.gz", "/m") == "/m/allenai/x/data/a.json.gz"
+    assert map_uri("s3://bucket/a.json.gz", "/m") == "s3://bucket/a.json.gz"
+    r = resolve_source("hf://datasets/allenai/dolmino-mix-1124/data/dclm/**/*.json.zst", str(HUB))
+    assert len(r.files) == 9 and all(f.endswith(".json.zst") for f in r.files)
+    assert resolve_source("hf://datasets/allenai/dolmino-mix-1124/data/pes2o/*.json.gz", str(HUB)).files == ()
+
+
+def test_slurm_executor_pass_through(tmp_path):
+    """--executor slurm composes datatrove's SlurmPipelineExecutor: stage A one task per file, B depends on A."""
+    from datatrove.executor import SlurmPipelineExecutor
+
+    from pipelines.build import BuildOptions, make_executors, prepare
+    from pipelines.spec import load_spec
+
+    opts = BuildOptions(out=str(tmp_path), source_root=str(HUB), executor="slurm",
+                        executor_options={"partition": "cpu", "time": "01:00:00"})
+    ctx = prepare(load_spec("stage2"), opts)
+    stage_a, stage_b = make_executors(ctx)
+    assert isinstance(stage_a, SlurmPipelineExecutor) and isinstance(stage_b, SlurmPipelineExecutor)
+    assert stage_a.world_size == len(ctx.tasks) == 25 and stage_b.world_size == 1
+    assert stage_b.depends is stage_a and stage_a.partition == "cpu"
