@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
+	$(PY) cli.py synth gsm8k --input $(SHARED)/gsm8k/train.jsonl --out out/synth/gsm8k --variants 1
 	NLTK_DATA=$(SHARED)/nltk_data $(PY) cli.py build-mixture stage2 --source-root $(SHARED)/hub --out out/stage2 --workers $(WORKERS)
 
 test: setup

@@ -19,6 +19,7 @@ app.add_typer(synth_app, name="synth")
 # Modules exposing `register(app, synth_app)`; each adds its own commands.
 COMMAND_MODULES = [
     "pipelines.commands",
+    "pipelines.synth_gsm8k.cli",
 ]
 
 for _name in COMMAND_MODULES:

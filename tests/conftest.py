@@ -32,15 +32,25 @@ def tokenizer_path(shared: Path) -> Path:
     return TOKENIZER
 
 
-def build(spec_name_or_path, out: Path, **kw) -> Path:
-    """Build a mixture from the mirror into `out` (quietly) and return `out`."""
+def build(spec_name_or_path, out: Path, cwd: Path | None = None, **kw) -> Path:
+    """Build a mixture from the mirror into `out` (quietly) and return `out`.
+
+    Relative source URIs (the synthetic GSM8K slot `out/synth/gsm8k/*.jsonl`) resolve against `cwd` (default: the
+    build's parent folder), so a user's own `out/` in the checkout never leaks into a test."""
     from pipelines.build import BuildOptions, build_mixture
     from pipelines.spec import load_spec
 
     spec = load_spec(str(spec_name_or_path))
     kw.setdefault("source_root", str(HUB))
     kw.setdefault("progress", False)
-    build_mixture(spec, BuildOptions(out=str(out), **kw))
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old = Path.cwd()
+    os.chdir(cwd or out.parent)
+    try:
+        build_mixture(spec, BuildOptions(out=str(out), **kw))
+    finally:
+        os.chdir(old)
     return out
 
 

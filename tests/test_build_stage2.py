@@ -122,7 +122,7 @@ def test_kill_during_build_then_resume_gives_same_shards(stage2_build: Path, tmp
     out = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / "cli.py"), "build-mixture", "stage2", "--source-root", str(HUB),
            "--out", str(out), "--workers", "1", "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 60
     completions: list[Path] = []
     while time.time() < deadline:  # kill -9 once a few files are done, mid stage A
@@ -134,7 +134,7 @@ def test_kill_during_build_then_resume_gives_same_shards(stage2_build: Path, tmp
     proc.wait()
     assert 3 <= len(completions) < 25, "the kill did not land in the middle of stage A"
     assert not (out / "manifest.duckdb").exists()
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, cwd=tmp_path, check=True, stdout=subprocess.DEVNULL)
     assert shard_hashes(out) == shard_hashes(stage2_build)
     (n_docs, n_unique), = q(out, "SELECT count(*), count(DISTINCT doc_id) FROM documents")
     (n_ref,), = q(stage2_build, "SELECT count(*) FROM documents")
@@ -147,4 +147,16 @@ def test_max_tokens_caps_whole_documents(tmp_path: Path):
     assert 90_000 < seg_tokens <= 100_000
     (capped,), = q(out, "SELECT count(*) FROM documents WHERE reason = 'max-tokens'")
     assert capped > 1000
+    assert verify_build(out) == []
+
+
+def test_synthetic_gsm8k_flows_into_stage2(tmp_path: Path):
+    """`synth gsm8k` output is the stage2 source `instella-gsm8k-synthetic` (messages rendered as text)."""
+    subprocess.run([sys.executable, str(ROOT / "cli.py"), "synth", "gsm8k", "--input", str(HUB.parent / "gsm8k" / "train.jsonl"),
+                    "--out", "out/synth/gsm8k", "--variants", "1", "--limit", "200"], cwd=tmp_path, check=True,
+                   stdout=subprocess.DEVNULL)
+    out = build("stage2", tmp_path / "out" / "stage2", cwd=tmp_path, max_tokens=300_000)
+    (cond,), = q(out, "SELECT condition FROM sources WHERE source = 'instella-gsm8k-synthetic'")
+    (n, kept), = q(out, "SELECT count(*), count(*) FILTER (status = 'kept') FROM documents WHERE source = 'instella-gsm8k-synthetic'")
+    assert cond == "ok" and n > 100 and kept > 0
     assert verify_build(out) == []

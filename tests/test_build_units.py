@@ -39,13 +39,14 @@ def test_source_root_maps_hf_uris():
     assert resolve_source("hf://datasets/allenai/dolmino-mix-1124/data/pes2o/*.json.gz", str(HUB)).files == ()
 
 
-def test_slurm_executor_pass_through(tmp_path):
+def test_slurm_executor_pass_through(tmp_path, monkeypatch):
     """--executor slurm composes datatrove's SlurmPipelineExecutor: stage A one task per file, B depends on A."""
     from datatrove.executor import SlurmPipelineExecutor
 
     from pipelines.build import BuildOptions, make_executors, prepare
     from pipelines.spec import load_spec
 
+    monkeypatch.chdir(tmp_path)  # the optional synthetic source (relative URI) is absent here
     opts = BuildOptions(out=str(tmp_path), source_root=str(HUB), executor="slurm",
                         executor_options={"partition": "cpu", "time": "01:00:00"})
     ctx = prepare(load_spec("stage2"), opts)
