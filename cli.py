@@ -20,6 +20,9 @@ app.add_typer(synth_app, name="synth")
 COMMAND_MODULES = [
     "pipelines.commands",
     "pipelines.synth_gsm8k.cli",
+    "pipelines.longctx.cli",
+    "trainer.cli",
+    "pipelines.quality_cli",
 ]
 
 for _name in COMMAND_MODULES:

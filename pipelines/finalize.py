@@ -66,7 +66,7 @@ def apply_exclusions(ctx: BuildContext, docs: pl.DataFrame) -> pl.DataFrame:
     """Drop documents that another build (`--exclude OUT`) already placed in its shards."""
     for other in ctx.opts.exclude:
         con = connect(other)
-        used = pl.from_arrow(con.execute("SELECT DISTINCT doc_id FROM segments").arrow())
+        used = pl.from_arrow(con.sql("SELECT DISTINCT doc_id FROM segments").to_arrow_table())
         con.close()
         hits = docs.filter(pl.col("status") == "kept").join(used, on="doc_id", how="semi")
         docs = _drop(docs, hits.select("key", pl.lit("excluded").alias("reason")))

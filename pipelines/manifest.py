@@ -41,6 +41,9 @@ LEFT JOIN rate r USING (source)
 ORDER BY n_tokens DESC, src.source
 """
 
+# More views (SQL) that packers register on import, e.g. the long-context `padding` view.
+EXTRA_VIEWS: list[str] = []
+
 
 def write_manifest(out: Path, tables: dict[str, pl.DataFrame]) -> Path:
     """Write all tables + the composition view to OUT/manifest.duckdb atomically."""
@@ -55,6 +58,8 @@ def write_manifest(out: Path, tables: dict[str, pl.DataFrame]) -> Path:
             con.execute(f"CREATE TABLE {name} AS SELECT * FROM _df")
             con.unregister("_df")
         con.execute(COMPOSITION_VIEW)
+        for view in EXTRA_VIEWS:
+            con.execute(view)
         con.execute("CHECKPOINT")
     finally:
         con.close()
