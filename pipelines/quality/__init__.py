@@ -1,0 +1,2 @@
+"""Shared text normalisation and vectorised hashing for dedup (`pipelines.dedup`) and decontamination
+(`pipelines.decontam`)."""
