@@ -159,4 +159,8 @@ def test_synthetic_gsm8k_flows_into_stage2(tmp_path: Path):
     (cond,), = q(out, "SELECT condition FROM sources WHERE source = 'instella-gsm8k-synthetic'")
     (n, kept), = q(out, "SELECT count(*), count(*) FILTER (status = 'kept') FROM documents WHERE source = 'instella-gsm8k-synthetic'")
     assert cond == "ok" and n > 100 and kept > 0
+    # the synthetic source goes through stage-2 decontamination like every other source, and stays clean
+    (contaminated,), = q(out, "SELECT count(*) FROM documents WHERE source = 'instella-gsm8k-synthetic' AND reason = 'contaminated'")
+    (checked,), = q(out, "SELECT count(*) FROM documents WHERE source = 'instella-gsm8k-synthetic' AND reason IS DISTINCT FROM 'sampled-out'")
+    assert contaminated == 0 and checked == n
     assert verify_build(out) == []
