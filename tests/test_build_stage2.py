@@ -153,6 +153,7 @@ def test_max_tokens_caps_whole_documents(tmp_path: Path):
 def test_synthetic_gsm8k_flows_into_stage2(tmp_path: Path):
     """`synth gsm8k` output is the stage2 source `instella-gsm8k-synthetic` (messages rendered as text)."""
     subprocess.run([sys.executable, str(ROOT / "cli.py"), "synth", "gsm8k", "--input", str(HUB.parent / "gsm8k" / "train.jsonl"),
+                    "--test", str(HUB.parent / "gsm8k" / "test.jsonl"),
                     "--out", "out/synth/gsm8k", "--variants", "1", "--limit", "200"], cwd=tmp_path, check=True,
                    stdout=subprocess.DEVNULL)
     out = build("stage2", tmp_path / "out" / "stage2", cwd=tmp_path, max_tokens=300_000)

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 from enum import Enum
 from pathlib import Path
 
 import typer
 
-SHARED = Path("../shared/data")
+# the shared data folder beside the checkout (defaults must not depend on the working directory)
+SHARED = Path(os.environ.get("MIDTRAIN_SHARED", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
 
 
 class Mode(str, Enum):
