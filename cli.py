@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "pipelines.commands",
     "pipelines.synth_gsm8k.cli",
     "pipelines.longctx.cli",
+    "trainer.cli",
     "pipelines.quality_cli",
 ]
 

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# Triton kernels are checked on CPU through the interpreter; the flag must be set before any kernel module is
+# imported (decoration time). `backend="auto"` still picks the torch path on CPU tensors.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 

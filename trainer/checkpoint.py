@@ -1,0 +1,152 @@
+"""Checkpoints with torch.distributed.checkpoint (DCP): sharded model + optimizer, plus the trainer state.
+
+Layout of RUN/checkpoints/step-000020/:
+  .metadata, __0_0.distcp, ...   DCP: {"model": ..., "optim": ...} — each rank writes its own shards
+  trainer_state.json             step, scheduler, data position, the run config and the model config
+  rng-rank00000.pt ...           per-rank torch / numpy / python RNG states
+A checkpoint is written under `step-N.tmp` and renamed once complete, so a directory named `step-N` is whole.
+
+Weights can be read back without any process group (`load_model_weights`) for merging and export.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.nn as nn
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_model_state_dict, set_state_dict)
+
+STATE_FILE = "trainer_state.json"
+EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_CONFIG = "config.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dir(run: str | Path, step: int) -> Path:
+    return Path(run) / "checkpoints" / f"step-{step:06d}"
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, trainer_state: dict,
+                    rank: int) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    torch.save(_rng_state(), tmp / f"rng-rank{rank:05d}.pt")
+    dist.barrier()
+    if rank == 0:
+        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+    dist.barrier()
+    return path
+
+
+def find_checkpoint(resume: str | Path, step: int | None = None) -> Path:
+    """`resume` is a checkpoint dir, or a run dir whose checkpoints/ holds step-N dirs (latest unless `step`)."""
+    resume = Path(resume)
+    if (resume / STATE_FILE).exists():
+        if step is not None and read_trainer_state(resume)["step"] != step:
+            raise ValueError(f"{resume} is the checkpoint of step {read_trainer_state(resume)['step']}, not {step}")
+        return resume
+    root = resume / "checkpoints"
+    found = {int(m.group(1)): p for p in root.glob("step-*") if (m := _STEP_DIR.match(p.name))} if root.is_dir() else {}
+    if not found:
+        raise FileNotFoundError(f"no checkpoints under {root}")
+    if step is None:
+        return found[max(found)]
+    if step not in found:
+        raise FileNotFoundError(f"no checkpoint of step {step} under {root} (have {sorted(found)})")
+    return found[step]
+
+
+def read_trainer_state(path: str | Path) -> dict:
+    return json.loads((Path(path) / STATE_FILE).read_text())
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> dict:
+    """Restore model, optimizer and this rank's RNG in place; return the trainer state."""
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    rng = path / f"rng-rank{rank:05d}.pt"
+    if rng.exists():  # absent when resuming on more ranks than the run had
+        _set_rng_state(torch.load(rng, weights_only=False))
+    return read_trainer_state(path)
+
+
+def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of a DCP checkpoint dir or an exported/merged dir (model.safetensors), on CPU."""
+    path = Path(path)
+    if (path / EXPORT_WEIGHTS).exists():
+        from safetensors.torch import load_file
+
+        return load_file(str(path / EXPORT_WEIGHTS))
+    if not (path / ".metadata").exists():
+        raise FileNotFoundError(f"{path} is neither a checkpoint (.metadata) nor an export ({EXPORT_WEIGHTS})")
+    meta = dcp.FileSystemReader(str(path)).read_metadata()
+    model = {}
+    for key, md in meta.state_dict_metadata.items():
+        if key.startswith("model.") and hasattr(md, "size"):
+            model[key[len("model."):]] = torch.empty(md.size, dtype=md.properties.dtype)
+    if not model:
+        raise ValueError(f"{path}: checkpoint holds no model weights")
+    with warnings.catch_warnings():  # "no process group: loading in a single process" is exactly the intent here
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        dcp.load({"model": model}, checkpoint_id=str(path))
+    return model
+
+
+def read_model_config(path: str | Path) -> dict:
+    """The model config saved with a checkpoint (trainer_state.json) or an export (config.json)."""
+    path = Path(path)
+    if (path / EXPORT_CONFIG).exists():
+        return json.loads((path / EXPORT_CONFIG).read_text())["model"]
+    return read_trainer_state(path)["model"]
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Gather the full (unsharded) weights onto CPU on every rank."""
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Load full weights into a (sharded) model; every rank passes the same dict."""
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=True))
+
+
+def export_safetensors(out: str | Path, weights: dict[str, torch.Tensor], config: dict) -> Path:
+    """Write OUT/model.safetensors and OUT/config.json ({"model": ModelConfig fields, ...})."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(out / EXPORT_WEIGHTS))
+    (out / EXPORT_CONFIG).write_text(json.dumps(config, indent=2))
+    return out

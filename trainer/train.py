@@ -1,0 +1,175 @@
+"""The training loop: `train(cfg)` runs on every rank (launched by torchrun, or alone as a one-process group).
+
+    python -m torch.distributed.run --nproc-per-node K -m trainer.train RUN/train_config.json
+
+is what `cli.py train --nproc K` runs; multi-node is the same under plain torchrun (`--nnodes`, rendezvous).
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from trainer import checkpoint as ckpt
+from trainer import parallel
+from trainer import sp as seqpar
+from trainer.config import ModelConfig, TrainConfig, get_preset
+from trainer.data import PackedDataset, StepLoader, read_build
+from trainer.metrics import MetricsLog, peak_flops, plot_loss, step_flops
+from trainer.model import Transformer
+from trainer.optim import LRSchedule, build_optimizer, set_lr
+
+
+def resolve_model_config(cfg: TrainConfig, build_seq_len: int, build_theta: float | None) -> ModelConfig:
+    """Preset, with the sequence length and RoPE θ of this run (config > build > preset)."""
+    base = get_preset(cfg.preset).model
+    seq_len = cfg.seq_len or min(base.seq_len, build_seq_len)
+    theta = cfg.rope_theta or build_theta or base.rope_theta
+    return dataclasses.replace(base, seq_len=seq_len, rope_theta=float(theta))
+
+
+def build_model(mcfg: ModelConfig, cfg: TrainConfig, env: parallel.DistEnv) -> Transformer:
+    """Full init on CPU (same weights for any world size), meta-device init + sharded materialisation on GPU."""
+    torch.manual_seed(cfg.seed)
+    if env.device.type == "cuda":
+        with torch.device("meta"):
+            model = Transformer(mcfg, cfg.attn_backend)
+    else:
+        model = Transformer(mcfg, cfg.attn_backend)
+    if cfg.act_ckpt:
+        parallel.apply_activation_checkpointing(model)
+    if cfg.compile:
+        parallel.apply_compile(model)
+    mesh = parallel.build_mesh(env, cfg.replicate)
+    parallel.apply_fsdp(model, mesh, parallel.mixed_precision(cfg.dtype))
+    if env.device.type == "cuda":
+        model.to_empty(device=env.device)
+        torch.manual_seed(cfg.seed)
+        model.init_weights()
+    if cfg.init_from:
+        ckpt.load_full_weights(model, ckpt.load_model_weights(cfg.init_from))
+    return model
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train `cfg.steps` optimizer steps; returns a summary (rank 0's view)."""
+    env = parallel.init_distributed()
+    try:
+        return _train(cfg, env)
+    finally:
+        parallel.cleanup()
+
+
+def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
+    run = Path(cfg.out)
+    if env.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        cfg.to_json(run / "train_config.json")
+    info = read_build(cfg.data)
+    mcfg = resolve_model_config(cfg, info.seq_len, info.rope_theta)
+    dataset = PackedDataset(cfg.data, mcfg.seq_len)
+    model = build_model(mcfg, cfg, env)
+    spc = seqpar.init_sequence_parallel(int(cfg.extra.get("sp", 1)), env.rank, env.world)
+    seqpar.enable_ulysses(model, spc)
+    preset = get_preset(cfg.preset)
+    peak_lr = cfg.lr if cfg.lr is not None else preset.lr
+    warmup = cfg.warmup if cfg.warmup is not None else min(preset.warmup, cfg.steps // 10)
+    schedule = LRSchedule(cfg.schedule, peak_lr, cfg.steps, warmup, cfg.final_lr_ratio, cfg.wsd_decay)
+    optimizer = build_optimizer(model, peak_lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay)
+    # ranks of one sequence-parallel group read the same rows
+    loader = StepLoader(dataset, cfg.seed, spc.data_rank(env.rank), spc.data_world(env.world), cfg.micro_batch,
+                        cfg.grad_accum, cfg.positions)
+
+    start = 0
+    if cfg.resume:
+        path = ckpt.find_checkpoint(cfg.resume, cfg.resume_step)
+        state = ckpt.load_checkpoint(path, model, optimizer, env.rank)
+        loader.load_state_dict(state["data"])
+        start = state["step"]
+    log = MetricsLog(run, env.is_main, resume_step=start)
+    peak = peak_flops(env.device, cfg.peak_tflops)
+    progress = _progress(env.is_main and cfg.progress)
+    task = progress.add_task("train", total=cfg.steps, completed=start, loss=float("nan")) if progress else None
+    if env.is_main:
+        print(f"[train] {cfg.preset}: {mcfg.n_params() / 1e6:.1f}M params, seq {mcfg.seq_len}, θ {mcfg.rope_theta:g}, "
+              f"{len(dataset):,} units, world {env.world} (sp {spc.size}), {loader.units_per_step} units/step",
+              flush=True)
+
+    last = {}
+    try:
+        if progress:
+            progress.start()
+        for step in range(start + 1, cfg.steps + 1):
+            last = _train_step(step, model, optimizer, schedule, loader, mcfg, cfg, env, peak, spc)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                log.log(last)
+            if progress:
+                progress.update(task, completed=step, loss=last["loss"])
+            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
+                state = {"step": step, "data": loader.state_dict(), "schedule": schedule.state_dict(),
+                         "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg)}
+                ckpt.save_checkpoint(ckpt.checkpoint_dir(run, step), model, optimizer, state, env.rank)
+    finally:
+        if progress:
+            progress.stop()
+
+    if cfg.export:
+        weights = ckpt.full_model_state(model)  # collective: every rank takes part
+        if env.is_main:
+            ckpt.export_safetensors(run, weights, {"model": dataclasses.asdict(mcfg), "preset": cfg.preset,
+                                                   "steps": cfg.steps, "data": cfg.data, "seed": cfg.seed})
+    if env.is_main and cfg.plot:
+        plot_loss(run)
+    return last
+
+
+def _train_step(step, model, optimizer, schedule, loader, mcfg, cfg, env, peak, spc: seqpar.SPContext) -> dict:
+    t0 = time.perf_counter()
+    lr = schedule(step)
+    set_lr(optimizer, lr)
+    micro = [seqpar.shard_batch(b, spc) for b in loader.next_step()]  # SP: this rank's slice of each row
+    # normalise by the valid targets of the whole step on all ranks, so accumulation and sharding do not change
+    # the loss; FSDP averages gradients over ranks, hence the factor `world`
+    n_valid = parallel.all_reduce_sum(sum(b.n_valid for b in micro), env.device).item()
+    scale = env.world / max(n_valid, 1.0)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
+    for i, batch in enumerate(micro):
+        batch = batch.to(env.device)
+        model.set_requires_gradient_sync(i == len(micro) - 1)  # reduce-scatter once, after the last microbatch
+        loss = model(batch.input_ids, batch.positions, batch.cu_seqlens, batch.max_seqlen, batch.labels)
+        (loss * scale).backward()
+        loss_sum += loss.detach().double()
+    grad_norm = parallel.clip_grad_norm(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss_total = parallel.all_reduce_sum(loss_sum, env.device).item()
+    n_tokens = env.world * sum(b.input_ids.numel() for b in micro)
+    attn = parallel.all_reduce_sum(sum(b.attn_cost for b in micro) / spc.size, env.device).item()
+    dt = time.perf_counter() - t0
+    flops = step_flops(mcfg, n_tokens, int(attn))
+    return {"step": step, "loss": loss_total / max(n_valid, 1.0), "lr": lr, "grad_norm": float(grad_norm),
+            "tokens_per_s": n_tokens / dt, "mfu": flops / dt / (peak * env.world) if peak else None,
+            "n_tokens": n_tokens, "n_valid": int(n_valid), "step_s": dt}
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m trainer.train RUN/train_config.json")
+    train(TrainConfig.from_json(argv[0]))
+
+
+if __name__ == "__main__":
+    main()
