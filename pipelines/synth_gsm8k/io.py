@@ -41,6 +41,17 @@ def read_rows(path: str | Path) -> Iterator[Row | Skip]:
             yield Row(index, row["question"], row["answer"])
 
 
+def load_rows(path: str | Path, limit: int | None = None) -> tuple[list[Row], list[Skip]]:
+    """The readable rows (first `limit` train rows at most) and the counted skips of a GSM8K JSONL file."""
+    rows: list[Row] = []
+    skips: list[Skip] = []
+    for item in read_rows(path):
+        if limit is not None and item.index >= limit:
+            break
+        (rows if isinstance(item, Row) else skips).append(item)
+    return rows, skips
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")

@@ -20,7 +20,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from .decontam import NgramIndex
-from .io import Row, ShardWriter, read_rows
+from .io import ShardWriter, load_rows
 from .parse import check_solution, final_answer, parse_number
 from .prompts import (abstraction_messages, perturb_messages, program_messages, rewrite_messages,
                       solve_messages)
@@ -186,11 +186,7 @@ def run_llm(input_path: str | Path, out_dir: str | Path, config: LLMConfig, test
     start = time.perf_counter()
     out_dir = Path(out_dir)
     work = out_dir / "work"
-    rows, skips = [], []
-    for item in read_rows(input_path):
-        if limit is not None and item.index >= limit:
-            break
-        (rows if isinstance(item, Row) else skips).append(item)
+    rows, skips = load_rows(input_path, limit)
     test_index = NgramIndex.from_gsm8k(test_path) if test_path else None
     rollout = Rollout(config, frozenset(" ".join(r.question.split()) for r in rows), test_index)
     inference = InferenceConfig(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .binding import Rejected
 from .decontam import NgramIndex
-from .io import Row, ShardWriter, read_rows
+from .io import ShardWriter, load_rows
 from .parse import AnnotationError, check_solution
 from .program import abstract
 from .report import Report, TokenCounter
@@ -153,11 +153,7 @@ def run_symbolic(input_path: str | Path, out_dir: str | Path, config: SymbolicCo
                  limit: int | None = None) -> dict:
     """Synthesize from a GSM8K train file into `out_dir` (shards + report.json); returns the report."""
     start = time.perf_counter()
-    rows, skips = [], []
-    for item in read_rows(input_path):
-        if limit is not None and item.index >= limit:
-            break
-        (rows if isinstance(item, Row) else skips).append(item)
+    rows, skips = load_rows(input_path, limit)
     test_index = NgramIndex.from_gsm8k(test_path) if test_path else None
     ctx = Context(config, frozenset(_norm(r.question) for r in rows), test_index)
     report = Report("symbolic", str(input_path), asdict(config), rows=len(rows) + len(skips),
