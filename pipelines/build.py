@@ -12,22 +12,16 @@ import datetime as dt
 import hashlib
 import json
 import os
-import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import polars as pl
-import pyarrow as pa
 from datatrove.pipeline.base import PipelineStep
 
-from pipelines.manifest import write_manifest
-from pipelines.packing import PackInput, get_packer
 from pipelines.sources import HF_PREFIX, resolve_source
 from pipelines.spec import MixtureSpec
 from pipelines.steps import (
-    FileTask, ReadSourceFile, SampleByIdHash, Tokenize, WriteIntermediate, intermediate_paths,
+    FileTask, ReadSourceFile, SampleByIdHash, Tokenize, WriteIntermediate,
 )
 
 

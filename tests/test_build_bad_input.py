@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import subprocess
 import sys
@@ -14,7 +13,6 @@ import yaml
 import zstandard
 
 from conftest import ROOT, TOKENIZER, build
-from pipelines.formats import SourceFileError
 from pipelines.spec import SpecError, load_spec, parse_spec
 
 

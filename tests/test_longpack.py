@@ -105,7 +105,7 @@ def test_long_64k_rows_are_exact_and_long_docs_fill_whole_rows(long_builds, hub,
     assert short_long == 0
     assert con.execute(f"SELECT count(*) FROM documents WHERE reason = 'shorter-than-{L1}'").fetchone()[0] > 0
     # the window written is the document's own tokens at doc_start
-    doc_id, shard, row, doc_start = con.execute(f"""
+    doc_id, shard, row, doc_start = con.execute("""
         SELECT s.doc_id, s.shard, s.row, s.doc_start FROM segments s JOIN documents d USING (doc_id)
         WHERE d.source = 'books' AND s.doc_start > 0 ORDER BY s.doc_id LIMIT 1""").fetchone()
     file, line = con.execute("SELECT file, line FROM documents WHERE doc_id = ?", [doc_id]).fetchone()
@@ -127,7 +127,7 @@ def test_long_256k_packs_four_distinct_windows_and_shares_nothing_with_stage_1(l
     n_excluded = con.execute("SELECT count(*) FROM documents WHERE reason = 'excluded'").fetchone()[0]
     n_s1 = con.execute("SELECT count(DISTINCT doc_id) FROM s1.segments").fetchone()[0]
     assert n_excluded == n_s1  # every stage-1 document was seen and refused
-    rows = con.execute(f"""
+    rows = con.execute("""
         SELECT list(d.source), list(s.length), count(DISTINCT s.doc_id), count(*)
         FROM segments s JOIN documents d USING (doc_id) GROUP BY s.shard, s.row""").fetchall()
     kinds = {"full": 0, "4x": 0, "short": 0}

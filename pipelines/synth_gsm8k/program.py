@@ -24,7 +24,6 @@ from .parse import (
     find_annotations,
     find_numbers,
     parse_number,
-    terminating_decimals,
     tokenize_expr,
 )
 
