@@ -207,6 +207,14 @@ def make_executors(ctx: BuildContext) -> list:
     return chain(plan_stages(ctx), executor_options(ctx), os.path.join(ctx.work_dir, "logs"))
 
 
+def dry_run(spec: MixtureSpec, opts: BuildOptions):
+    """The plan of a build (sources, estimated tokens, stages and their needs) without running or writing anything."""
+    from pipelines.plan import plan_build
+
+    ctx = prepare(spec, opts)
+    return plan_build(ctx, plan_stages(ctx))
+
+
 def build_mixture(spec: MixtureSpec, opts: BuildOptions) -> Path:
     """Run a whole build; returns the manifest path."""
     ctx = prepare(spec, opts)
