@@ -47,6 +47,9 @@ def _read_index_columns(path: Path) -> dict[str, np.ndarray]:
         missing = [c for c in INDEX_COLUMNS if c not in table.column_names]
         if missing:
             raise ValueError(f"{path}: shard index lacks column(s) {missing}")
+        nulls = [c for c in INDEX_COLUMNS if table.column(c).null_count]
+        if nulls:
+            raise ValueError(f"{path}: shard index has nulls in column(s) {nulls}")
         # copies, so nothing references the map once it is closed
         return {c: table.column(c).to_numpy().astype(np.int64) for c in INDEX_COLUMNS}
 
