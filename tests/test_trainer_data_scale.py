@@ -162,3 +162,12 @@ def test_epoch_permutation_is_a_keyed_bijection(n):
         assert not np.array_equal(order, UnitPermutation(n, seed=11, epoch=1)(np.arange(n)))
         assert not np.array_equal(order, UnitPermutation(n, seed=12, epoch=0)(np.arange(n)))
         assert np.mean(order == np.arange(n)) < 0.1  # actually shuffled
+
+
+def test_resuming_a_position_saved_with_another_order_warns(packed):
+    """Checkpoints from before the Feistel order hold a cursor of another permutation: resuming must say so."""
+    loader = StepLoader(PackedDataset(packed.path, seq_len=32), seed=0, rank=0, world=1, micro_batch=1, grad_accum=1)
+    loader.load_state_dict(StepLoader(loader.ds, 1, 0, 1, 1, 1).state_dict())  # same order: silent
+    with pytest.warns(UserWarning, match="another epoch order"):
+        loader.load_state_dict({"epoch": 0, "cursor": 5, "seed": 0, "units_per_step": 1})
+    assert loader.cursor == 5 and loader.seed == 0

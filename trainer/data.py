@@ -18,6 +18,7 @@ cursor counting positions of the epoch's permutation, so resume is exact and ind
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from trainer.data_index import DEFAULT_MAX_OPEN_SHARDS, ShardCache
 from trainer.data_order import UnitPermutation
 
 IGNORE = -100
+ORDER = "feistel-v1"  # saved with the data position: a checkpoint of another order cannot resume exactly
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,7 @@ class StepLoader:
         self.micro_batch, self.grad_accum, self.positions = micro_batch, grad_accum, positions
         self.epoch, self.cursor = 0, 0
         self._order: UnitPermutation | None = None
+        self._order_epoch = -1
 
     @property
     def units_per_step(self) -> int:
@@ -248,10 +251,15 @@ class StepLoader:
         return sorted(batches, key=lambda b: b.attn_cost, reverse=True)  # stable: ties keep stream order
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "units_per_step": self.units_per_step}
+        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "units_per_step": self.units_per_step,
+                "order": ORDER}
 
     def load_state_dict(self, state: dict) -> None:
         # The cursor counts positions of the global stream, so a different world size / accumulation resumes at the
         # same place in the data (only an identical layout reproduces the uninterrupted run bit for bit).
+        if state.get("order") != ORDER:
+            warnings.warn(f"the data position was saved with another epoch order ({state.get('order', 'numpy')}); "
+                          f"resuming at epoch {state['epoch']}, cursor {state['cursor']} of the {ORDER} order, so this "
+                          "epoch may repeat or skip units", stacklevel=2)
         self.epoch, self.cursor, self.seed = state["epoch"], state["cursor"], state["seed"]
         self._order = None  # the permutation is keyed by the seed
