@@ -95,7 +95,7 @@ def _check_supported(config: dict, fmt: str) -> None:
     if "head_dim" in config and config["head_dim"] not in (None, config["hidden_size"] // heads):
         problems.append(f"head_dim {config['head_dim']} != hidden_size / heads")
     if fmt == "transformers":
-        if config.get("num_experts", 1) != 1 or config.get("num_experts_per_tok", 1) != 1:
+        if config.get("num_experts") != 1 or config.get("num_experts_per_tok") != 1:  # no defaults: OLMoE's are 64/8
             problems.append(f"{config.get('num_experts')} experts, top-{config.get('num_experts_per_tok')} "
                             "(only a single-expert OLMoE is a dense model)")
         if config.get("clip_qkv") is not None:
@@ -107,9 +107,8 @@ def _check_supported(config: dict, fmt: str) -> None:
 def hf_config_to_model_config(dir: str | Path) -> ModelConfig:
     """Our ModelConfig from a Hugging Face `config.json` (Instella's released format or our OLMoE export)."""
     config = read_hf_config(dir)
-    fmt = detect_format(config)
     try:
-        _check_supported(config, fmt)
+        _check_supported(config, detect_format(config))
         return ModelConfig(n_layers=int(config["num_hidden_layers"]), d_model=int(config["hidden_size"]),
                            n_heads=int(config["num_attention_heads"]), ffn_dim=int(config["intermediate_size"]),
                            seq_len=int(config.get("max_position_embeddings", 4096)),
@@ -118,6 +117,8 @@ def hf_config_to_model_config(dir: str | Path) -> ModelConfig:
                            init_std=float(config.get("initializer_range", 0.02)))
     except KeyError as e:
         raise HFFormatError(f"{dir}/config.json: missing field {e}") from None
+    except TypeError as e:  # a null or non-numeric size
+        raise HFFormatError(f"{dir}/config.json: bad value ({e})") from None
     except ValueError as e:  # HFFormatError included: name the file
         raise HFFormatError(f"{dir}/config.json: {e}") from None
 
@@ -376,6 +377,7 @@ def export_hf(run_or_checkpoint: str | Path, out: str | Path, fmt: str = "transf
     state = {k: v.to(DTYPES[dtype]).cpu() for k, v in to_hf_state(weights, cfg, fmt).items()}
     tmp = out / (EXPORT_WEIGHTS + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
+    os.chmod(tmp, 0o644)  # safetensors creates 0600; an evaluation checkpoint is meant to be shared
     os.replace(tmp, out / EXPORT_WEIGHTS)
     index = out / "model.safetensors.index.json"  # a stale shard index would shadow the new single file
     if index.exists():
