@@ -320,3 +320,43 @@ def test_export_refuses_a_dir_that_is_not_ours(tmp_path):
     (foreign / "config.json").write_text(json.dumps(instella_config(TINY)))
     with pytest.raises(HFFormatError, match="no model config of this project"):
         export_hf(foreign, tmp_path / "out")
+
+
+def _export_dir_with_build(tmp_path: Path, tokenizer: str, sha: str, eos: int, pad: int) -> Path:
+    """Weights in our export layout whose config records a build; the build's manifest holds only its `build` row."""
+    import dataclasses
+
+    import duckdb
+
+    from trainer.checkpoint import export_safetensors
+
+    build = tmp_path / "build"
+    build.mkdir()
+    con = duckdb.connect(str(build / "manifest.duckdb"))
+    con.execute("create table build (tokenizer varchar, tokenizer_sha256 varchar, eos_id integer, pad_id integer)")
+    con.execute("insert into build values (?, ?, ?, ?)", [tokenizer, sha, eos, pad])
+    con.close()
+    torch.manual_seed(0)
+    weights = Transformer(TINY).state_dict()
+    return export_safetensors(tmp_path / "run", weights, {"model": dataclasses.asdict(TINY), "data": str(build)})
+
+
+def test_export_ships_the_builds_tokenizer_and_special_ids(tokenizer_path, tmp_path):
+    import hashlib
+
+    sha = hashlib.sha256(tokenizer_path.read_bytes()).hexdigest()
+    run = _export_dir_with_build(tmp_path, str(tokenizer_path), sha, eos=0, pad=1)
+    out = export_hf(run, tmp_path / "hf", "instella")
+    assert (out / "tokenizer.json").read_bytes() == tokenizer_path.read_bytes()
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert (tok.eos_token, tok.eos_token_id, tok.pad_token, tok.pad_token_id) == ("<|endoftext|>", 0, "<|padding|>", 1)
+    assert tok("Hello world").input_ids == [12092, 1533]  # GPT-NeoX ids; no BOS/EOS added when encoding
+
+
+def test_export_refuses_a_build_tokenizer_it_cannot_find(tokenizer_path, tmp_path):
+    """Shipping Instella's tokenizer with a model trained on another one would evaluate garbage: refuse instead."""
+    run = _export_dir_with_build(tmp_path, str(tokenizer_path), "0" * 64, eos=0, pad=1)  # the file has changed
+    with pytest.raises(HFFormatError, match="pass --tokenizer"):
+        export_hf(run, tmp_path / "hf")
+    out = export_hf(run, tmp_path / "hf", tokenizer=str(tokenizer_path))  # explicit choice
+    assert json.loads((out / "config.json").read_text())["eos_token_id"] == 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -123,7 +124,8 @@ def hf_config_to_model_config(dir: str | Path) -> ModelConfig:
         raise HFFormatError(f"{dir}/config.json: {e}") from None
 
 
-def model_config_to_hf_config(cfg: ModelConfig, fmt: str, dtype: str = "float32") -> dict:
+def model_config_to_hf_config(cfg: ModelConfig, fmt: str, dtype: str = "float32", eos_id: int = EOS_ID,
+                              pad_id: int = PAD_ID) -> dict:
     """config.json for `fmt`; the fields shared by both formats first."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -134,9 +136,10 @@ def model_config_to_hf_config(cfg: ModelConfig, fmt: str, dtype: str = "float32"
         "hidden_act": "silu", "max_position_embeddings": cfg.seq_len, "initializer_range": cfg.init_std,
         "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta, "rope_scaling": None,
         "attention_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": False, "use_cache": True,
-        "bos_token_id": EOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID, "torch_dtype": dtype,
+        "bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": pad_id, "torch_dtype": dtype,
     }
     if fmt == "transformers":
+        del config["rope_scaling"]  # transformers 5 warns on the (null) legacy field; absent means none in 4.x too
         config.update({"num_experts": 1, "num_experts_per_tok": 1, "norm_topk_prob": False, "clip_qkv": None,
                        "output_router_logits": False, "router_aux_loss_coef": 0.0})
     else:  # as released: the remote code is named by auto_map (AMD's configuration/modeling_instella.py)
@@ -295,38 +298,78 @@ def find_tokenizer(name: str) -> Path | None:
     return None
 
 
-def build_tokenizer(data: str | Path | None) -> Path | None:
-    """The tokenizer a run's build was made with (manifest `build.tokenizer`, checked by its sha256)."""
-    if not data or not (Path(data) / "manifest.duckdb").exists():
+@dataclass(frozen=True)
+class ExportTokenizer:
+    """The tokenizer shipped with an export and its special ids (those the model was trained with)."""
+
+    path: Path
+    eos_id: int
+    pad_id: int
+    source: str  # where it came from, for the CLI's message
+
+
+def _build_record(data: str | Path) -> tuple[str, str | None, int, int] | None:
+    """(tokenizer, sha256, eos_id, pad_id) from a build's manifest, None when the build is not there."""
+    if not (Path(data) / "manifest.duckdb").exists():
         return None
     from pipelines.manifest import connect
 
     con = connect(Path(data))
     try:
-        name, sha = con.execute("select tokenizer, tokenizer_sha256 from build").fetchone()
-    except Exception:  # an unfinished or older manifest: fall back to the default tokenizer
-        return None
+        name, sha, eos, pad = con.execute("select tokenizer, tokenizer_sha256, eos_id, pad_id from build").fetchone()
     finally:
         con.close()
-    path = find_tokenizer(str(name))
-    return path if path is not None and (not sha or _sha256(path) == sha) else None
+    return str(name), sha, int(eos), int(pad)
 
 
-def write_tokenizer(out: Path, tokenizer: str | Path, model_max_length: int) -> None:
+def resolve_export_tokenizer(run_or_checkpoint: str | Path, tokenizer: str | Path | None = None) -> ExportTokenizer:
+    """`tokenizer` if given; else the tokenizer of the run's build (found by name, checked by its sha256 — an
+    error rather than shipping a tokenizer the model was not trained with); else Instella's when the weights record
+    no build (merged or imported checkpoints). EOS/pad ids: the build's, else the tokenizer's <|endoftext|> /
+    <|padding|>."""
+    from tokenizers import Tokenizer
+
+    src = resolve_weights_dir(run_or_checkpoint)
+    data = _run_data(src)
+    record = _build_record(data) if data else None
+    if tokenizer is not None:
+        path, source = find_tokenizer(str(tokenizer)), "--tokenizer"
+        if path is None:
+            raise HFFormatError(f"tokenizer {str(tokenizer)!r} not found (a tokenizer.json path, or a name looked "
+                                "up in $MIDTRAIN_TOKENIZERS and the shared data's tokenizers/)")
+    elif record is not None:
+        name, sha, _, _ = record
+        path, source = find_tokenizer(name), f"build {data}"
+        if path is None or (sha and _sha256(path) != sha):
+            raise HFFormatError(f"the tokenizer of build {data} ({name!r}, sha256 {sha}) was not found; pass "
+                                "--tokenizer PATH")
+    else:
+        why = f"build {data} not found" if data else "no build recorded"
+        path, source = find_tokenizer(DEFAULT_TOKENIZER), f"Instella default ({why})"
+        if path is None:
+            raise HFFormatError(f"default tokenizer {DEFAULT_TOKENIZER!r} not found; pass --tokenizer PATH")
+    tok = Tokenizer.from_file(str(path))
+    if record is not None:
+        eos, pad = record[2], record[3]
+    else:
+        eos, pad = tok.token_to_id("<|endoftext|>"), tok.token_to_id("<|padding|>")
+        eos, pad = (EOS_ID if eos is None else eos), (PAD_ID if pad is None else pad)
+    if tok.id_to_token(eos) is None or tok.id_to_token(pad) is None:
+        raise HFFormatError(f"{path}: EOS id {eos} / pad id {pad} are not in the vocabulary")
+    return ExportTokenizer(path, eos, pad, source)
+
+
+def write_tokenizer(out: Path, tokenizer: ExportTokenizer, model_max_length: int) -> None:
     """tokenizer.json + tokenizer_config.json + special_tokens_map.json, loadable by `AutoTokenizer` offline."""
     from tokenizers import Tokenizer
 
-    path = Path(tokenizer) if Path(tokenizer).is_file() else find_tokenizer(str(tokenizer))
-    if path is None:
-        raise HFFormatError(f"tokenizer {tokenizer!r} not found (a tokenizer.json path or a name in "
-                            "$MIDTRAIN_TOKENIZERS / shared data tokenizers/)")
-    tok = Tokenizer.from_file(str(path))
-    eos, pad = tok.id_to_token(EOS_ID), tok.id_to_token(PAD_ID)
-    if eos is None or pad is None:
-        raise HFFormatError(f"{path}: ids {EOS_ID}/{PAD_ID} are not in the vocabulary (expected EOS/pad)")
+    tok = Tokenizer.from_file(str(tokenizer.path))
+    eos, pad = tok.id_to_token(tokenizer.eos_id), tok.id_to_token(tokenizer.pad_id)
     specials = {"bos_token": eos, "eos_token": eos, "unk_token": eos, "pad_token": pad}
-    _atomic_write(out / "tokenizer.json", path.read_bytes())
+    _atomic_write(out / "tokenizer.json", tokenizer.path.read_bytes())
     _atomic_write(out / "special_tokens_map.json", json.dumps(specials, indent=2).encode())
+    # GPTNeoXTokenizer: transformers 5's class; 4.x resolves it to GPTNeoXTokenizerFast. No BOS/EOS is added
+    # when encoding: documents were tokenized without BOS and EOS only ends them.
     config = {"tokenizer_class": "GPTNeoXTokenizer", **specials, "add_bos_token": False, "add_eos_token": False,
               "clean_up_tokenization_spaces": False, "model_max_length": model_max_length}
     _atomic_write(out / "tokenizer_config.json", json.dumps(config, indent=2).encode())
@@ -356,7 +399,7 @@ def export_hf(run_or_checkpoint: str | Path, out: str | Path, fmt: str = "transf
     """Write OUT/{config.json, model.safetensors, generation_config.json, tokenizer files} in `fmt`.
 
     fmt "transformers": OlmoeForCausalLM with one expert (no remote code); "instella": Instella's released layout.
-    The tokenizer defaults to the one the run's build was tokenized with, else the Instella tokenizer."""
+    The tokenizer: `tokenizer`, else the run's build's, else Instella's (`resolve_export_tokenizer`)."""
     from safetensors.torch import save_file
 
     if fmt not in FORMATS:
@@ -369,9 +412,8 @@ def export_hf(run_or_checkpoint: str | Path, out: str | Path, fmt: str = "transf
     except (KeyError, TypeError, json.JSONDecodeError):
         raise HFFormatError(f"{src}: no model config of this project (expected a run, a step-N checkpoint or an "
                             "export/merge dir)") from None
+    tok = resolve_export_tokenizer(src, tokenizer)  # before the (large) weights: fail fast
     weights = load_model_weights(src)
-    if tokenizer is None:
-        tokenizer = build_tokenizer(_run_data(src)) or DEFAULT_TOKENIZER
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.to(DTYPES[dtype]).cpu() for k, v in to_hf_state(weights, cfg, fmt).items()}
@@ -382,10 +424,11 @@ def export_hf(run_or_checkpoint: str | Path, out: str | Path, fmt: str = "transf
     index = out / "model.safetensors.index.json"  # a stale shard index would shadow the new single file
     if index.exists():
         index.unlink()
-    _atomic_write(out / "config.json", json.dumps(model_config_to_hf_config(cfg, fmt, dtype), indent=2).encode())
-    generation = {"bos_token_id": EOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
+    config = model_config_to_hf_config(cfg, fmt, dtype, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    _atomic_write(out / "config.json", json.dumps(config, indent=2).encode())
+    generation = {"bos_token_id": tok.eos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
     _atomic_write(out / "generation_config.json", json.dumps(generation, indent=2).encode())
-    write_tokenizer(out, tokenizer, cfg.seq_len)
+    write_tokenizer(out, tok, cfg.seq_len)
     return out
 
 
@@ -403,8 +446,6 @@ def _run_data(src: Path) -> str | None:
 def import_hf(dir: str | Path, out: str | Path) -> Path:
     """Convert a HF checkpoint into our export layout (OUT/model.safetensors + config.json {"model": ...}), which
     `cli.py train --init-from OUT` and `cli.py merge` read."""
-    from dataclasses import asdict
-
     from trainer.checkpoint import export_safetensors
 
     cfg = hf_config_to_model_config(dir)

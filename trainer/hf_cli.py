@@ -48,7 +48,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         dtype: Annotated[str, typer.Option(help=f"Weight dtype: {' | '.join(DTYPES)}.")] = "float32",
     ) -> None:
         """Export a run's weights as a Hugging Face checkpoint (with tokenizer) for evaluation tools."""
-        from trainer.hf import HFFormatError, export_hf
+        from trainer.hf import HFFormatError, export_hf, resolve_export_tokenizer
 
         if format not in FORMATS:
             _fail(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -57,7 +57,9 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         if not run.is_dir():
             _fail(f"{run}: no such directory")
         try:
+            tok = resolve_export_tokenizer(run, tokenizer)
             export_hf(run, out, format, tokenizer=tokenizer, dtype=dtype)
         except (HFFormatError, FileNotFoundError, ValueError) as e:
             _fail(str(e))
-        typer.echo(f"exported {run} -> {out} ({format})")
+        typer.echo(f"exported {run} -> {out} ({format}, {dtype}); tokenizer {tok.path.name} from {tok.source}, "
+                   f"EOS {tok.eos_id}, pad {tok.pad_id}")
