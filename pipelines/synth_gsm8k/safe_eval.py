@@ -190,15 +190,19 @@ def parse(source: str, limits: EvalLimits = EvalLimits()) -> ast.Module:
     except (RecursionError, MemoryError, ValueError) as e:  # the parser's own guards against deep nesting
         raise ProgramRejected(f"program nested too deeply to parse ({type(e).__name__})") from None
     known = _bound_names(tree) | set(_BUILTINS)
+    first = None
     stack = [(tree, 1)]
     while stack:  # iterative: a hostile tree must not exhaust our own stack
         node, depth = stack.pop()
         if depth > limits.max_nesting:
             raise ProgramRejected(f"program nested more than {limits.max_nesting} levels")
         why = _refusal(node, known)
-        if why:
-            raise ProgramRejected(why)
-        stack.extend((child, depth + 1) for child in _children(node))
+        if why and isinstance(node, (ast.Name, ast.Import, ast.ImportFrom)):
+            raise ProgramRejected(why)  # what the program tried to reach is the most telling reason
+        first = first or why
+        stack.extend((child, depth + 1) for child in reversed(list(_children(node))))  # source order
+    if first:
+        raise ProgramRejected(first)
     return tree
 
 

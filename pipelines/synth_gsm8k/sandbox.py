@@ -69,6 +69,18 @@ class SandboxResult:
     reason: str | None = None
 
 
+class SandboxUnavailable(RuntimeError):
+    """The sandbox cannot run programs here (e.g. it refuses because isolation cannot be set up)."""
+
+
+def ensure_available(limits: SandboxLimits = SandboxLimits()) -> None:
+    """Run a trivial program once; raise SandboxUnavailable with the reason if the sandbox cannot work here, so a
+    run stops before spending model calls on programs that would all be refused."""
+    probe = run_program("def answer(x):\n    return x + 1\n", {"x": 1}, "answer", limits)
+    if not (probe.ok and probe.value == 2):
+        raise SandboxUnavailable(f"the generated-program sandbox does not work here: {probe.reason}")
+
+
 def run_program(source: str, kwargs: dict[str, Any], func: str = "answer",
                 limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
     """Call `func(**kwargs)` of `source` in the sandbox."""
