@@ -91,12 +91,13 @@ def run_program(source: str, kwargs: dict[str, Any], func: str = "answer",
     return run_isolated("serve()", request.encode(), limits)
 
 
-def run_isolated(payload: str, stdin: bytes, limits: SandboxLimits) -> SandboxResult:
+def run_isolated(payload: str, stdin: bytes, limits: SandboxLimits, preload: str = "") -> SandboxResult:
     """Run `payload` (Python source, trusted: `serve()` or a test's stand-in for an escaped program) in an isolated
-    child, after `isolate(...)`; its stdout must be one JSON object {"ok", "value" | "reason"}."""
+    child, after `isolate(...)`; its stdout must be one JSON object {"ok", "value" | "reason"}. `preload` runs
+    before isolation (imports a payload needs: after the privilege drop the stdlib may be unreadable)."""
     config = {"cpu_seconds": limits.cpu_seconds, "memory_bytes": limits.memory_bytes,
               "require_isolation": limits.require_isolation}
-    code = (f"import sys\nsys.path.insert(0, {_PACKAGE_ROOT!r})\n"
+    code = (f"import sys\nsys.path.insert(0, {_PACKAGE_ROOT!r})\n{preload}\n"
             f"from pipelines.synth_gsm8k.sandbox import isolate, serve\nisolate({config!r})\n{payload}\n")
     with tempfile.TemporaryDirectory(prefix="gsm8k-sandbox-") as cwd:
         proc = subprocess.Popen([sys.executable, "-I", "-S", "-B", "-c", code], stdin=subprocess.PIPE,
