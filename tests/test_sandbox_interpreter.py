@@ -84,7 +84,8 @@ def test_legitimate_programs_of_the_llm_tests_run_in_the_sandbox():
 @pytest.mark.parametrize("source,reason", [
     ("def answer(a):\n    return (lambda: a)()\n", "lambda not allowed"),
     ("class X:\n    pass\ndef answer(a):\n    return a\n", "class not allowed"),
-    ("def answer(a):\n    try:\n        return 1 / a\n    except ZeroDivisionError:\n        return 0\n", "try not allowed"),
+    ("def answer(a):\n    try:\n        return 1 / a\n    except ZeroDivisionError:\n        return 0\n",
+     "try not allowed"),
     ("def answer(a):\n    with a:\n        return a\n", "with not allowed"),
     ("X = 1\ndef answer(a):\n    global X\n    return a\n", "global not allowed"),
     ("def answer(a):\n    return {'a': a}['a']\n", "dicts not allowed"),
@@ -157,4 +158,5 @@ def test_math_functions_also_work_by_bare_name():
 def test_within_limits_the_same_programs_run():
     limits = EvalLimits(max_int_bits=64)
     assert evaluate("def answer(a):\n    return 3 ** 40\n", "answer", {"a": 1}, limits) == 3 ** 40
-    assert evaluate("def answer(a):\n    return Fraction(1, 3) ** 40\n", "answer", {"a": 1}, limits) == Fraction(1, 3**40)
+    third = evaluate("def answer(a):\n    return Fraction(1, 3) ** 40\n", "answer", {"a": 1}, limits)
+    assert third == Fraction(1, 3**40)

@@ -4,10 +4,10 @@ inference pipeline, so any server datatrove drives works: `endpoint` (any OpenAI
 (`DIR/work/cache`), and progress metrics; this module supplies the rollout and assembles the output.
 
 Generated programs only ever run in the sandbox (sandbox.py: a whitelisted-AST interpreter inside an isolated
-process; a run stops with SandboxUnavailable if that isolation cannot be set up). A program is kept when it reproduces the original
-answer; a variant is kept when its program answer is a sane number, its rewritten question is new (not a train
-question, no 13-gram shared with GSM8K test) and the model's worked solution re-checks (every `<<expr=result>>`
-right, `####` = last result = program answer).
+process; a run stops with SandboxUnavailable if that isolation cannot be set up). A program is kept when it
+reproduces the original answer; a variant is kept when its program answer is a sane number, its rewritten
+question is new (not a train question, no 13-gram shared with GSM8K test) and the model's worked solution re-checks
+(every `<<expr=result>>` right, `####` = last result = program answer).
 """
 from __future__ import annotations
 

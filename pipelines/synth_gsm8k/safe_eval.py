@@ -56,7 +56,7 @@ class LimitExceeded(Exception):
 # --- what a program may name ---------------------------------------------------------------------------------------
 _MATH_NAMES = (
     "acos", "acosh", "asin", "asinh", "atan", "atan2", "atanh", "cbrt", "ceil", "copysign", "cos", "cosh",
-    "degrees", "dist", "exp", "exp2", "expm1", "fabs", "floor", "fmod", "fsum", "gcd", "hypot", "isclose",
+    "degrees", "exp", "exp2", "expm1", "fabs", "floor", "fmod", "fsum", "gcd", "hypot", "isclose",
     "isfinite", "isinf", "isnan", "isqrt", "lcm", "log", "log10", "log1p", "log2", "radians", "remainder",
     "sin", "sinh", "sqrt", "tan", "tanh", "trunc",
 )
@@ -293,8 +293,9 @@ class Interpreter:
         return self.call_function(fn, [], dict(kwargs))
 
     # -- bookkeeping --
-    def tick(self) -> None:
-        self.steps += 1
+    def tick(self, cost: int = 1) -> None:
+        """Charge evaluation steps; work done in bulk (a builtin over a list, `in`) costs one step per item."""
+        self.steps += cost
         if self.steps > self.limits.max_steps:
             raise LimitExceeded(f"more than {self.limits.max_steps} evaluation steps")
 
@@ -324,6 +325,7 @@ class Interpreter:
         if isinstance(v, (list, tuple, str, range)):
             if len(v) > self.limits.max_items:
                 raise LimitExceeded(f"sequence longer than {self.limits.max_items} items")
+            self.tick(len(v))
             self.allocate(len(v))
             return list(v)
         raise ProgramFailed(f"TypeError: {type(v).__name__} is not iterable")
@@ -480,6 +482,7 @@ class Interpreter:
             left = self.eval(node.left, scope)
             for op, right_node in zip(node.ops, node.comparators):
                 right = self.eval(right_node, scope)
+                self.tick(sum(len(v) for v in (left, right) if isinstance(v, (list, tuple, str, range))))
                 if not _compare(op, left, right):
                     return False
                 left = right
@@ -651,7 +654,7 @@ class Interpreter:
     def power(self, base: Any, exponent: Any) -> Any:
         if isinstance(exponent, Fraction) and exponent.denominator == 1:
             exponent = exponent.numerator
-        if isinstance(exponent, int) and isinstance(base, (int, Fraction)):
+        if isinstance(exponent, int) and (isinstance(base, Fraction) or (isinstance(base, int) and exponent > 0)):
             bits = _int_bits(base)
             # |base| >= 2 gives a result of at least (bits-1)*|exponent| bits: refuse before computing it
             if bits > 1 and (bits - 1) * abs(exponent) > self.limits.max_int_bits:
@@ -852,7 +855,8 @@ def _make_builtins() -> dict[str, Callable[[Interpreter], Any]]:
         "reversed": with_interp("reversed", sequence(lambda xs: xs[::-1])),
         "zip": with_interp("zip", zipped), "enumerate": with_interp("enumerate", enumerated),
         "print": with_interp("print", printing), "Fraction": with_interp("Fraction", fraction),
-        "prod": with_interp("prod", product), "factorial": _capped_math("factorial", 1000),
+        "prod": with_interp("prod", product), "fsum": with_interp("fsum", sequence(math.fsum)),
+        "factorial": _capped_math("factorial", 1000),
         "comb": _capped_math("comb", 10_000), "perm": _capped_math("perm", 10_000),
     }
     for name in _MATH_NAMES:
@@ -866,10 +870,12 @@ def _make_builtins() -> dict[str, Callable[[Interpreter], Any]]:
 
 
 def _text(v: Any) -> str:
+    """What `print` counts for a value. Printed text goes nowhere, so containers are not rendered: rendering a list
+    of lists could take far more work than building it did."""
     if isinstance(v, (int, float, Fraction, str, type(None))):
         return str(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_text(x) for x in v) + "]"
+    if isinstance(v, (list, tuple, range)):
+        return f"<{type(v).__name__} of {len(v)}>"
     return f"<{type(v).__name__.strip('_')}>"
 
 
@@ -877,7 +883,7 @@ _BUILTINS = _make_builtins()
 # `math.sqrt` and `from math import sqrt` resolve to the same entries as bare `sqrt`
 _MODULE_MEMBERS: dict[str, frozenset[str]] = {
     "math": frozenset(n for n in _BUILTINS if n in _MATH_NAMES or n in _MATH_CONSTANTS
-                      or n in ("factorial", "comb", "perm", "prod")),
+                      or n in ("factorial", "comb", "perm", "prod", "fsum")),
     "fractions": frozenset({"Fraction"}),
     "typing": frozenset(),
 }

@@ -88,6 +88,8 @@ def run_program(source: str, kwargs: dict[str, Any], func: str = "answer",
     if why:
         return SandboxResult(False, reason=f"rejected: {why}")
     request = json.dumps({"source": source, "func": func, "kwargs": kwargs, "limits": asdict(limits.program)})
+    if len(request) > MAX_REQUEST_BYTES:  # ASCII JSON: characters are bytes
+        return SandboxResult(False, reason=f"rejected: arguments larger than {MAX_REQUEST_BYTES} bytes")
     return run_isolated("serve()", request.encode(), limits)
 
 
