@@ -107,12 +107,12 @@ def run_isolated(payload: str, stdin: bytes, limits: SandboxLimits, preload: str
                                 close_fds=True, start_new_session=True)
         feeder = threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True)
         feeder.start()
+        deadline = time.monotonic() + limits.wall_seconds
         try:
-            out, stopped = read_bounded(proc.stdout.fileno(), limits.max_output_bytes,
-                                        time.monotonic() + limits.wall_seconds)
-            if stopped is None:
+            out, stopped = read_bounded(proc.stdout.fileno(), limits.max_output_bytes, deadline)
+            if stopped is None:  # stdout closed: the child is exiting
                 try:
-                    proc.wait(timeout=max(0.1, limits.wall_seconds))
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     stopped = "killed: wall-clock timeout"
         finally:
@@ -137,12 +137,13 @@ def run_isolated(payload: str, stdin: bytes, limits: SandboxLimits, preload: str
 def read_bounded(fd: int, limit: int, deadline: float) -> tuple[bytes, str | None]:
     """Read `fd` to EOF, but never more than `limit + 1` bytes nor past `deadline`; says why it stopped early."""
     buf = bytearray()
+    poller = select.poll()  # not select(): the parent may hold more than FD_SETSIZE descriptors
+    poller.register(fd, select.POLLIN)
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             return bytes(buf), "killed: wall-clock timeout"
-        ready, _, _ = select.select([fd], [], [], left)
-        if not ready:
+        if not poller.poll(max(1, int(left * 1000))):
             continue
         chunk = os.read(fd, min(65536, limit + 1 - len(buf)))
         if not chunk:
@@ -155,9 +156,13 @@ def read_bounded(fd: int, limit: int, deadline: float) -> tuple[bytes, str | Non
 def _feed(pipe, data: bytes) -> None:
     try:
         pipe.write(data)
-        pipe.close()
-    except (BrokenPipeError, OSError, ValueError):  # the child died or stopped reading: its result says why
+    except (OSError, ValueError):  # the child died or stopped reading: its result says why
         pass
+    finally:
+        try:
+            pipe.close()
+        except OSError:
+            pass
 
 
 def _kill_group(pid: int) -> None:
