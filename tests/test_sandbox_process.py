@@ -122,10 +122,10 @@ def _write_all(fd: int, n: int) -> None:
 
 
 def _isolate_with(unshare_fails: bool, require: bool) -> subprocess.CompletedProcess:
-    code = ("from pipelines.synth_gsm8k import sandbox\n"
+    code = ("from pipelines.synth_gsm8k import sandbox_child as sandbox\n"
             "def unshare(flags):\n"
             "    if FAILS:\n        raise OSError(1, 'Operation not permitted')\n"
-            "    sandbox._libc_unshare(flags)\n"
+            "    sandbox.libc_unshare(flags)\n"
             "sandbox.isolate({'cpu_seconds': 5, 'memory_bytes': 2**29, 'require_isolation': REQUIRE}, unshare)\n"
             "print('PROGRAM RAN')\n").replace("FAILS", str(unshare_fails)).replace("REQUIRE", str(require))
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,

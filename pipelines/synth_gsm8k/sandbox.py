@@ -8,7 +8,7 @@ bytes. A program outside the subset is refused before anything runs ("rejected: 
 
 Layer 2, in case layer 1 has a bug: the interpreter runs in a child process (`python -I -S -B`, empty environment,
 empty working folder, new session, no inherited descriptors, stderr discarded). Before the request is read the
-child isolates itself and only then evaluates:
+child (sandbox_child.py) isolates itself and only then evaluates:
 - an empty network namespace (`unshare(CLONE_NEWNET)` as root, `CLONE_NEWUSER|CLONE_NEWNET` otherwise);
 - as root, it drops to uid/gid 65534 (nobody), so it cannot signal the parent or touch root's files;
 - rlimits: CPU seconds, address space, no file writes (FSIZE 0), no core files, no new processes; after reading
@@ -24,11 +24,8 @@ Every failure comes back as a SandboxResult with a reason; the caller records it
 """
 from __future__ import annotations
 
-import ctypes
 import json
-import math
 import os
-import resource
 import select
 import signal
 import subprocess
@@ -37,15 +34,11 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .safe_eval import EvalLimits, LimitExceeded, ProgramFailed, ProgramRejected, check, evaluate
-
-NOBODY = 65534
-CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
-MAX_REQUEST_BYTES = 1 << 20
+from .safe_eval import EvalLimits, check
+from .sandbox_child import MAX_REQUEST_BYTES
 # the folder holding the `pipelines` package, so the child can import this module under `python -I`
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -100,7 +93,7 @@ def run_isolated(payload: str, stdin: bytes, limits: SandboxLimits, preload: str
     config = {"cpu_seconds": limits.cpu_seconds, "memory_bytes": limits.memory_bytes,
               "require_isolation": limits.require_isolation}
     code = (f"import sys\nsys.path.insert(0, {_PACKAGE_ROOT!r})\n{preload}\n"
-            f"from pipelines.synth_gsm8k.sandbox import isolate, serve\nisolate({config!r})\n{payload}\n")
+            f"from pipelines.synth_gsm8k.sandbox_child import isolate, serve\nisolate({config!r})\n{payload}\n")
     with tempfile.TemporaryDirectory(prefix="gsm8k-sandbox-") as cwd:
         proc = subprocess.Popen([sys.executable, "-I", "-S", "-B", "-c", code], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=cwd, env={},
@@ -170,77 +163,3 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)  # the child leads its own session, so this reaches anything it left behind
     except (ProcessLookupError, PermissionError):
         pass
-
-
-# --- the child's side ----------------------------------------------------------------------------------------------
-def _libc_unshare(flags: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def isolate(config: dict, unshare: Callable[[int], None] = _libc_unshare) -> None:
-    """In the child, before anything untrusted is read: namespace, privileges, rlimits. Fails closed."""
-    problems = []
-    netns = False
-    if os.geteuid() == 0:
-        try:
-            unshare(CLONE_NEWNET)
-            netns = True
-        except OSError as e:
-            problems.append(f"no network namespace as root ({e})")
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-        except OSError as e:
-            problems.append(f"cannot drop root privileges ({e})")
-    if not netns:
-        try:  # unprivileged: a user namespace makes the network namespace possible
-            unshare(CLONE_NEWUSER | CLONE_NEWNET)
-            netns = True
-            problems = [p for p in problems if not p.startswith("no network")]
-        except OSError as e:
-            problems.append(f"no network namespace ({e})")
-    if problems and config["require_isolation"]:
-        _reply({"ok": False, "reason": "refused: " + "; ".join(problems)
-                + " (SandboxLimits(require_isolation=False) runs without)"})
-        os._exit(0)
-    cpu, mem = config["cpu_seconds"], config["memory_bytes"]
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
-
-
-def serve() -> None:
-    """In the child: read one request, shut every other descriptor out, evaluate, answer one JSON line."""
-    req = json.loads(sys.stdin.buffer.read(MAX_REQUEST_BYTES))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (3, 3))
-    try:
-        value = evaluate(req["source"], req["func"], req["kwargs"], EvalLimits(**req["limits"]))
-        if isinstance(value, Fraction):
-            value = value.numerator if value.denominator == 1 else float(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ProgramFailed(f"TypeError: returned {type(value).__name__}, not a number")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ProgramFailed("ValueError: returned a non-finite number")
-        out = {"ok": True, "value": value}
-    except ProgramRejected as e:
-        out = {"ok": False, "reason": f"rejected: {e}"}
-    except LimitExceeded as e:
-        out = {"ok": False, "reason": f"limit: {e}"}
-    except ProgramFailed as e:
-        out = {"ok": False, "reason": f"error: {e}"}
-    except MemoryError:
-        out = {"ok": False, "reason": "killed: memory limit"}
-    except Exception as e:  # a bug of the interpreter: still a reason, never a hang
-        out = {"ok": False, "reason": f"error: internal {type(e).__name__}: {str(e)[:200]}"}
-    _reply(out)
-
-
-def _reply(out: dict) -> None:
-    sys.stdout.write(json.dumps(out))
-    sys.stdout.flush()
