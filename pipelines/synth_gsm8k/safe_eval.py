@@ -576,8 +576,9 @@ class Interpreter:
             self.allocate(1)
             return None
         if name == "is_integer" and _is_number(owner) and not args and not has_keywords:
-            return owner == int(owner) if isinstance(owner, float) and math.isfinite(owner) else (
-                isinstance(owner, int) or (isinstance(owner, Fraction) and owner.denominator == 1))
+            if isinstance(owner, float):
+                return owner.is_integer()
+            return isinstance(owner, int) or owner.denominator == 1
         raise ProgramFailed(f"AttributeError: no method '.{name}' on {type(owner).__name__}")
 
     def call_function(self, fn: _Function, args: list, kwargs: dict[str, Any]) -> Any:
