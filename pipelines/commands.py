@@ -54,6 +54,15 @@ def print_summary(out: Path) -> None:
     con.close()
 
 
+def print_input_changes(out: Path) -> None:
+    """Say which inputs changed since the previous build into the same OUT (their documents were read again)."""
+    from pipelines.input_state import read_input_changes
+
+    for kind, files in read_input_changes(out).items():
+        for f in files:
+            console.print(f"[yellow]input {kind} since the previous build:[/] {f}")
+
+
 def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     @app.command("mixtures")
     def mixtures_cmd() -> None:
@@ -113,7 +122,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     ) -> None:
         """Build a mixture into token shards + manifest.duckdb, then print its composition."""
         from pipelines.build import BuildOptions, build_mixture
-        from pipelines.formats import SourceFileError
+        from pipelines.errors import InputError
         from pipelines.spec import SpecError, load_spec
 
         try:
@@ -122,17 +131,18 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             _fail(str(e))
         opts_kv = {}
         for kv in executor_opt or []:
-            if "=" not in kv:
+            k, sep, v = kv.partition("=")
+            if not sep or not k.strip():
                 _fail(f"--executor-opt expects KEY=VALUE, got {kv!r}")
-            k, v = kv.split("=", 1)
             opts_kv[k] = int(v) if v.isdigit() else v
         out = out or Path("out") / spec.name
         opts = BuildOptions(out=str(out), source_root=source_root, seed=seed, max_tokens=max_tokens, workers=workers,
                             executor=executor, executor_options=opts_kv, strict=strict,
                             exclude=tuple(str(p) for p in exclude or ()), progress=progress)
         try:
+            opts.check()
             build_mixture(spec, opts)
-        except (SpecError, SourceFileError, FileNotFoundError) as e:
+        except (InputError, FileNotFoundError) as e:
             _fail(str(e))
         except ValueError as e:
             if strict or "unknown" in str(e):
@@ -140,6 +150,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             raise
         if executor == "local":
             print_summary(out)
+            print_input_changes(out)
         else:
             console.print(f"submitted to {executor}; run `python cli.py verify {out}` when it finishes")
 
