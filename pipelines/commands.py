@@ -89,6 +89,8 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             s = load_spec(name)
         except SpecError as e:
             _fail(str(e))
+        if source_root is not None and "://" not in source_root and not Path(source_root).is_dir():
+            _fail(f"--source-root {source_root}: not a directory")
         console.print(f"[bold]{s.name}[/] — {s.description}\nseq_len {s.seq_len:,} · tokenizer {s.tokenizer} · "
                       f"rope_theta {s.rope_theta:,.0f} · seed {s.seed} · packing {s.packing}")
         t = Table()
@@ -159,6 +161,8 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         """Re-hash every shard and reconcile the manifest's counts with the shard files."""
         from pipelines.verify import verify_build
 
+        if not (out / "manifest.duckdb").is_file():
+            _fail(f"{out}: no manifest.duckdb there (not a build output directory, or the build did not finish)")
         problems = verify_build(out)
         if problems:
             for p in problems:
