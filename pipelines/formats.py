@@ -212,7 +212,7 @@ def _zstd_chunks(raw, chunk_size: int = 1 << 16) -> Iterator[bytes]:
         raise EOFError("zstd stream ended in the middle of a frame")
 
 
-def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+def split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
     """Split decoded chunks into lines in time linear in the input, however long a line is: the pieces of a
     line that spans many chunks are collected in a list and joined once (appending to one growing bytes object
     copies it on every chunk, which made a 50 MB line take 80 s)."""
@@ -233,7 +233,7 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
 def _iter_jsonl(chunks: Iterator[bytes], fmt: str, text_key: str, id_key: str) -> Iterator[Record]:
     line_no = 0
     try:
-        for raw in _lines(chunks):
+        for raw in split_lines(chunks):
             line_no += 1
             if line_no == 1 and raw.startswith(UTF8_BOM):
                 raw = raw[len(UTF8_BOM):]  # editors on Windows write one; it is not part of the record

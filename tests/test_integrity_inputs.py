@@ -22,7 +22,7 @@ import zstandard
 
 from conftest import ROOT, TOKENIZER, build
 from pipelines.errors import SourceFileError
-from pipelines.formats import _lines, iter_records
+from pipelines.formats import iter_records, split_lines
 from pipelines.input_state import stage_a_code_version
 from pipelines.outlock import out_lock
 
@@ -183,7 +183,7 @@ def _split_seconds(data: bytes, chunk: int, repeats: int = 3) -> float:
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        lines = list(_lines(iter(chunks)))
+        lines = list(split_lines(iter(chunks)))
         best = min(best, time.perf_counter() - t)
         assert lines == [data]
     return best
@@ -201,8 +201,8 @@ def test_line_splitting_is_linear_in_line_length():
 
 def test_lines_are_split_exactly():
     chunks = [b"a\nbb", b"b", b"\n\nc", b"cc\n", b"", b"dd"]
-    assert list(_lines(iter(chunks))) == [b"a", b"bbb", b"", b"ccc", b"dd"]
-    assert list(_lines(iter([b"x\n"]))) == [b"x"]
+    assert list(split_lines(iter(chunks))) == [b"a", b"bbb", b"", b"ccc", b"dd"]
+    assert list(split_lines(iter([b"x\n"]))) == [b"x"]
 
 
 # --- the --out lock ------------------------------------------------------------------------------------------------
