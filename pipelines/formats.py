@@ -24,7 +24,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -146,19 +145,14 @@ def _url_of(rec: dict) -> str | None:
     return None
 
 
-# A JSON `\uD800`-`\uDFFF` escape: the only way a parsed string can hold a lone surrogate, which no UTF-8 writer
-# (tokenizer, parquet) accepts. Searching the raw bytes for it keeps the per-record check off the common path.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
-def _may_hold_surrogates(raw: bytes) -> bool:
-    return _SURROGATE_ESCAPE.search(raw) is not None
-
-
 def _unencodable(value: str | None) -> str | None:
-    """Where `value` stops being encodable as UTF-8 (a lone surrogate), or None."""
-    if value is None:
+    """Where `value` stops being encodable as UTF-8, or None. A JSON escape such as `"\\ud800"` parses (with the
+    stdlib json) into a lone surrogate, which no UTF-8 writer (tokenizer, parquet) accepts. `isascii()` is O(1) in
+    CPython, so the encode runs only for non-ASCII strings (cheaper than scanning every raw line for escapes)."""
+    if value is None or value.isascii():
         return None
     try:
         value.encode("utf-8")
@@ -167,7 +161,7 @@ def _unencodable(value: str | None) -> str | None:
     return None
 
 
-def _make_record(rec: Any, line: int, fmt: str, text_key: str, id_key: str, check_unicode: bool = False) -> Record:
+def _make_record(rec: Any, line: int, fmt: str, text_key: str, id_key: str) -> Record:
     if not isinstance(rec, dict):
         return Record(line, None, None, "malformed-json", f"expected a JSON object, got {type(rec).__name__}")
     raw_id = rec.get(id_key)
@@ -181,10 +175,9 @@ def _make_record(rec: Any, line: int, fmt: str, text_key: str, id_key: str, chec
         return Record(line, doc_id if not _unencodable(doc_id) else None, None, reason,
                       f"field '{text_key if fmt == 'text' else fmt}'")
     url = _url_of(rec)
-    if check_unicode:
-        for name, value in (("text", text), ("id", doc_id), ("url", url)):
-            if problem := _unencodable(value):
-                return Record(line, None, None, "invalid-unicode", f"{name}: {problem}")
+    for name, value in (("text", text), ("id", doc_id), ("url", url)):
+        if problem := _unencodable(value):
+            return Record(line, None, None, "invalid-unicode", f"{name}: {problem}")
     return Record(line, doc_id, text, None, url=url, answer_spans=spans)
 
 
@@ -250,7 +243,7 @@ def _iter_jsonl(chunks: Iterator[bytes], fmt: str, text_key: str, id_key: str) -
                 reason = "invalid-unicode" if "surrogate" in str(e) else "malformed-json"
                 yield Record(line_no, None, None, reason, str(e)[:200])
                 continue
-            yield _make_record(rec, line_no, fmt, text_key, id_key, _may_hold_surrogates(raw))
+            yield _make_record(rec, line_no, fmt, text_key, id_key)
     except _STREAM_ERRORS as e:
         yield Record(line_no + 1, None, None, "truncated-stream", f"{type(e).__name__}: {e}"[:200])
 
@@ -264,9 +257,8 @@ def _iter_json_array(path: str, data: bytes, fmt: str, text_key: str, id_key: st
         raise SourceFileError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
     if not isinstance(items, list):
         raise SourceFileError(f"{path}: expected a JSON array of records, got {type(items).__name__}")
-    check_unicode = _may_hold_surrogates(data)
     for i, rec in enumerate(items, start=1):
-        yield _make_record(rec, i, fmt, text_key, id_key, check_unicode)
+        yield _make_record(rec, i, fmt, text_key, id_key)
 
 
 def _iter_parquet(path: str, fmt: str, text_key: str, id_key: str) -> Iterator[Record]:
