@@ -17,7 +17,7 @@ HF_PREFIX = "hf://datasets/"
 
 # Metadata keys that change when a file's content does, as local, S3, GCS, Azure and the HF hub report them.
 IDENTITY_KEYS = ("size", "mtime", "ETag", "etag", "LastModified", "last_modified", "generation", "md5Hash",
-                 "content_md5", "blob_id", "sha256", "last_commit")
+                 "content_md5", "blob_id", "lfs", "sha256", "last_commit")
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,8 @@ def parse_spec(raw: Any, path: str = "<spec>") -> MixtureSpec:
     _check_name(path, "name", data["name"])
     if not isinstance(data.get("packing", {}).get("mode", "concat"), str):
         raise SpecError(f"{path}: field 'packing.mode' must be a string, got {data['packing']['mode']!r}")
+    if not isinstance(data.get("packing", {}).get("loss_mask", False), bool):
+        raise SpecError(f"{path}: field 'packing.loss_mask' must be true or false, got {data['packing']['loss_mask']!r}")
     if data["seq_len"] <= 0:
         raise SpecError(f"{path}: field 'seq_len' must be positive, got {data['seq_len']}")
     if not data["tokenizer"].strip():

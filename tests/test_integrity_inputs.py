@@ -25,6 +25,7 @@ from pipelines.errors import SourceFileError
 from pipelines.formats import iter_records, split_lines
 from pipelines.input_state import stage_a_code_version
 from pipelines.outlock import out_lock
+from pipelines.sources import resolve_source
 
 
 def write_spec(tmp: Path, sources: list[dict], **extra) -> Path:
@@ -80,6 +81,19 @@ def test_same_file_in_two_sources_is_a_spec_error(tmp_path: Path):
     assert "sources 'one' and 'two' both match" in res.stdout and "x.jsonl" in res.stdout
     assert "Traceback" not in res.stdout + res.stderr
     assert not (tmp_path / "out" / "work").exists()  # checked before anything is written
+
+
+def test_resolved_files_carry_paths_relative_to_the_source_root(tmp_path: Path):
+    for rel in ("a/part.jsonl", "b/part.jsonl", "b/deeper/part.jsonl"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(text_records(rel, 1))
+    assert resolve_source(str(tmp_path / "*" / "part.jsonl")).relative == ("a/part.jsonl", "b/part.jsonl")
+    assert resolve_source(str(tmp_path / "b")).relative == ("deeper/part.jsonl", "part.jsonl")
+    assert resolve_source(str(tmp_path / "a" / "part.jsonl")).relative == ("part.jsonl",)
+    before = resolve_source(str(tmp_path / "a" / "part.jsonl")).identities
+    with open(tmp_path / "a" / "part.jsonl", "ab") as f:
+        f.write(b"\n")
+    assert resolve_source(str(tmp_path / "a" / "part.jsonl")).identities != before
 
 
 # --- stage-A cache key ---------------------------------------------------------------------------------------------

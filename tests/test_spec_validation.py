@@ -43,6 +43,7 @@ BAD_SPECS = [
     ({"packing": None}, "field 'packing' must be a mapping"),
     ({"packing": {"mode": "zigzag"}}, "field 'packing': unknown packing mode 'zigzag'"),
     ({"packing": {"mode": 3}}, "field 'packing.mode' must be a string"),
+    ({"packing": {"mode": "sft", "loss_mask": "yes"}}, "field 'packing.loss_mask' must be true or false"),
     ({"shard_tokens": 0}, "field 'shard_tokens' must be positive, got 0"),
     ({"seq_len": 0}, "field 'seq_len' must be positive"),
     ({"rope_theta": 0}, "field 'rope_theta' must be a finite number > 0"),
