@@ -71,6 +71,20 @@ def test_default_ids_of_same_named_files_in_different_directories_are_unique(tmp
     assert written == 19
 
 
+def test_record_ids_repeated_across_same_named_files_stay_unique(tmp_path: Path):
+    """Records that carry the same `id` in a/, b/, c/part.jsonl: today the repeats become `x@part.jsonl:1` twice."""
+    for d in ("a", "b", "c"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "part.jsonl").write_text(
+            "".join(json.dumps({"id": i, "text": f"{d} record {i} " * 10}) + "\n" for i in ("x", "y")))
+    spec = write_spec(tmp_path, [{"name": "parts", "uri": str(tmp_path / "*" / "part.jsonl")}])
+    con = manifest(build(spec, tmp_path / "out", source_root=None))
+    ids = [r[0] for r in con.execute("SELECT doc_id FROM documents").fetchall()]
+    assert len(ids) == 6 and len(set(ids)) == 6
+    assert con.execute("SELECT sum(share) FROM composition").fetchone()[0] == pytest.approx(1.0, abs=1e-12)
+    assert con.execute("SELECT count(DISTINCT doc_id) FROM segments").fetchone()[0] == 6
+
+
 def test_same_file_in_two_sources_is_a_spec_error(tmp_path: Path):
     """Today the file is read twice, its records counted twice in `files.n_records`."""
     (tmp_path / "x.jsonl").write_bytes(text_records("x", 3))
