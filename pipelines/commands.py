@@ -62,20 +62,23 @@ def print_input_changes(out: Path) -> None:
 
     for kind, files in read_input_changes(out).items():
         for f in files:
-            console.print(f"[yellow]input {kind} since the previous build:[/] {f}")
+            console.print(f"[yellow]input {kind} since the previous build:[/] {escape(f)}", soft_wrap=True)
 
 
 def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     @app.command("mixtures")
     def mixtures_cmd() -> None:
         """List the mixture specs shipped in mixtures/."""
-        from pipelines.spec import available_specs, load_spec
+        from pipelines.spec import SpecError, available_specs, load_spec
 
         t = Table(title="mixtures")
         for col in ("name", "seq_len", "sources", "description"):
             t.add_column(col)
         for name in available_specs():
-            s = load_spec(name)
+            try:
+                s = load_spec(name)
+            except SpecError as e:
+                _fail(str(e))
             t.add_row(name, f"{s.seq_len:,}", str(len(s.sources)), s.description)
         console.print(t)
 
@@ -109,7 +112,8 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     @app.command("build-mixture")
     def build_cmd(
         name: Annotated[str, typer.Argument(help="Mixture name (see `mixtures`) or path to a spec YAML.")],
-        out: Annotated[Optional[Path], typer.Option(help="Output directory (default: out/<name>).")] = None,
+        out: Annotated[Optional[Path], typer.Option(
+            help="Output directory (default: out/<name>). One build at a time: a second build into it exits at once.")] = None,
         source_root: Annotated[Optional[str], typer.Option(
             help="Map hf://datasets/<owner>/<repo>/<path> to DIR/<owner>/<repo>/<path> (e.g. ../shared/data/hub).")] = None,
         seed: Annotated[Optional[int], typer.Option(help="Sampling/shuffling seed (default: the spec's seed).")] = None,
