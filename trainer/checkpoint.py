@@ -44,7 +44,7 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot or must not be loaded (unsafe content, wrong layout)."""
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
     """This process's RNG states as tensors and plain numbers, so that loading needs no unpickling of objects."""
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     py_version, py_state, py_gauss = random.getstate()
@@ -56,7 +56,7 @@ def _rng_state() -> dict:
             "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else None}
 
 
-def _set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     npst = state["numpy"]
     np.random.set_state((npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
@@ -88,7 +88,7 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     dist.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-    torch.save(_rng_state(), tmp / f"rng-rank{rank:05d}.pt")
+    torch.save(rng_state(), tmp / f"rng-rank{rank:05d}.pt")
     dist.barrier()
     if rank == 0:
         (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
@@ -128,7 +128,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     rng = path / f"rng-rank{rank:05d}.pt"
     if rng.exists():  # absent when resuming on more ranks than the run had
-        _set_rng_state(load_rng_file(rng))
+        set_rng_state(load_rng_file(rng))
     return read_trainer_state(path)
 
 
