@@ -33,6 +33,15 @@ INSTELLA = {
 }
 
 
+def _cli_in_process(*args: str):
+    """`cli.py ARGS` in this process (no interpreter start-up): exit code, stderr and any uncaught exception."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
 def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=ROOT, env=env, capture_output=True,
@@ -111,9 +120,9 @@ def test_a_64k_build_trains_64k_rows_by_default(long_build, tmp_path):
     assert (settings.seq_len, mcfg.seq_len, mcfg.rope_theta) == (K64, K64, 514640.0)
     settings, _ = resolve_run(TrainConfig(data=str(long_build), out="-", preset="tiny", seq_len=4096), world=1)
     assert settings.seq_len == 4096  # shorter only when asked for
-    proc = _cli("train", "--data", str(long_build), "--out", str(tmp_path / "r"), "--recipe", "instella-stage2",
-                "--preset", "tiny")
-    assert proc.returncode == 2 and "--seq-len 4096" in proc.stderr and "Traceback" not in proc.stderr
+    res = _cli_in_process("train", "--data", str(long_build), "--out", str(tmp_path / "r"), "--recipe",
+                          "instella-stage2", "--preset", "tiny")
+    assert res.exit_code == 2 and "--seq-len 4096" in res.stderr, res.output
 
 
 def test_training_uses_the_build_rows_not_the_preset_length(stage2_build, tmp_path):
@@ -220,13 +229,30 @@ def test_norm_weight_decay_switch():
 
 # -- the stage-2 soup in one command ----------------------------------------------------------------------------------
 
+def _soup_args(build, out) -> list[str]:
+    return ["train", "--data", str(build), "--out", str(out), "--recipe", "instella-stage2", "--preset", "tiny",
+            "--seq-len", "256", "--batch-tokens", "512", "--steps", "2", "--no-progress"]
+
+
 @pytest.fixture(scope="module")
 def soup(stage2_build, tmp_path_factory):
     out = tmp_path_factory.mktemp("soup") / "stage2"
-    proc = _cli("train", "--data", str(stage2_build), "--out", str(out), "--recipe", "instella-stage2", "--preset",
-                "tiny", "--seq-len", "256", "--batch-tokens", "512", "--steps", "2", "--no-progress")
+    proc = _cli(*_soup_args(stage2_build, out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout
+
+
+def test_rerunning_the_soup_command_keeps_finished_seeds(soup, stage2_build):
+    from trainer.checkpoint import load_model_weights
+
+    out, _ = soup
+    before = load_model_weights(out)
+    proc = _cli(*_soup_args(stage2_build, out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("already finished with this exact config, kept") == 3
+    assert "resolved settings" not in proc.stdout  # nothing was retrained
+    after = load_model_weights(out)
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_stage2_recipe_trains_three_seeds_and_merges(soup):
@@ -324,6 +350,9 @@ def test_bad_trainer_options_exit_2_without_traceback(stage2_build, tmp_path):
         (["--epochs", "0"], "epochs must be > 0"),
     ]
     for extra, message in cases:
-        proc = _cli(*base, *extra, timeout=120)
-        assert proc.returncode == 2, (extra, proc.stdout[-2000:], proc.stderr[-2000:])
-        assert message in proc.stderr and "Traceback" not in proc.stderr, (extra, proc.stderr)
+        res = _cli_in_process(*base, *extra)
+        assert res.exit_code == 2, (extra, res.output, res.exception)
+        assert message in res.stderr and "Traceback" not in res.output, (extra, res.stderr)
+    # and as a real process: exit status 2, one line on stderr
+    proc = _cli(*base, "--seeds", "5796;6198", timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "--seeds" in proc.stderr, proc.stderr

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -83,15 +84,32 @@ def run_one(cfg: TrainConfig, nproc: int) -> int:
     return 0
 
 
+def finished_run(cfg: TrainConfig) -> bool:
+    """True when cfg.out holds a finished export of a run with exactly this config (so a soup command that was
+    interrupted during a later seed can be rerun without retraining the seeds already done)."""
+    run = Path(cfg.out)
+    if not (run / "model.safetensors").exists() or not (run / "train_config.json").exists():
+        return False
+    stored = json.loads((run / "train_config.json").read_text())
+    stored.pop("resolved", None)
+    ignore = ("progress", "resume", "resume_step")
+    return {k: v for k, v in stored.items() if k not in ignore} == \
+        {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignore}
+
+
 def train_soup(cfg: TrainConfig, seeds: list[int], nproc: int) -> int:
     """Instella's soup: train OUT/seed-S once per seed (same data and settings, seed of init and data order), then
     average their final weights into OUT/model.safetensors."""
     out = Path(cfg.out)
     runs = [out / f"seed-{s}" for s in seeds]
     for s, run in zip(seeds, runs):
-        typer.echo(f"[train] seed {s} -> {run}")
         resume = str(Path(cfg.resume) / f"seed-{s}") if cfg.resume else None
-        rc = run_one(dataclasses.replace(cfg, seed=s, out=str(run), resume=resume), nproc)
+        seed_cfg = dataclasses.replace(cfg, seed=s, out=str(run), resume=resume)
+        if finished_run(seed_cfg):
+            typer.echo(f"[train] seed {s}: {run} already finished with this exact config, kept")
+            continue
+        typer.echo(f"[train] seed {s} -> {run}")
+        rc = run_one(seed_cfg, nproc)
         if rc:
             return rc
     if os.environ.get("RANK", "0") != "0":  # under an outer torchrun only rank 0 merges

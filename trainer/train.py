@@ -17,12 +17,11 @@ from trainer import checkpoint as ckpt
 from trainer import parallel
 from trainer import sp as seqpar
 from trainer.config import ModelConfig, TrainConfig, get_preset
-from trainer.recipes import RunSettings, effective_preset, resolve_settings
 from trainer.data import PackedDataset, StepLoader, read_build
 from trainer.metrics import MetricsLog, peak_flops, plot_loss, step_flops
 from trainer.model import Transformer
 from trainer.optim import LRSchedule, build_optimizer, set_lr
-
+from trainer.recipes import RunSettings, effective_preset, resolve_settings
 
 HF_PREFIX = "hf:"  # --init-from hf:DIR reads a Hugging Face checkpoint through trainer.hf
 
