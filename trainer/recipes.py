@@ -148,22 +148,22 @@ def resolve_settings(cfg: TrainConfig, model: ModelConfig, build_seq_len: int, b
                      build_rows: int, world: int, model_source: str = "preset") -> RunSettings:
     """Every setting of the run: the flag (a non-None field of `cfg`), else the recipe, else the build, else ours.
 
-    `model` is the base model config (preset or --init-from; `model_source` names it), `build_rows` the number of rows in the build (for
-    durations in epochs), `world` the number of processes. Raises ValueError with a one-line message on a
-    combination that cannot run as asked.
+    `model` is the base model config (preset or --init-from; `model_source` names it), `build_rows` the number of
+    rows in the build (for durations in epochs), `world` the number of processes. Raises ValueError with a one-line
+    message on a combination that cannot run as asked.
     """
     recipe = get_recipe(cfg.recipe) if cfg.recipe else None
     source: dict[str, str] = {}
 
-    def pick(name: str, flag, default, recipe_attr: str | None = None):
+    def pick(name: str, flag, default, default_from: str = "default"):
         if flag is not None:
             source[name] = "flag"
             return flag
-        value = getattr(recipe, recipe_attr or name) if recipe is not None else None
+        value = getattr(recipe, name) if recipe is not None else None
         if value is not None:
             source[name] = f"recipe {recipe.name}"
             return value
-        source[name] = "default"
+        source[name] = default_from
         return default
 
     seq_len = _resolve_seq_len(cfg, recipe, build_seq_len, source)
@@ -196,7 +196,8 @@ def resolve_settings(cfg: TrainConfig, model: ModelConfig, build_seq_len: int, b
         eps=float(pick("eps", cfg.eps, 1e-8)), weight_decay=float(pick("weight_decay", cfg.weight_decay, 0.1)),
         grad_clip=float(pick("grad_clip", cfg.grad_clip, 1.0)), dtype=pick("dtype", cfg.dtype, "fp32"),
         attention=pick("attention", cfg.attention, "document"), positions=pick("positions", cfg.positions, "document"),
-        init=pick("init", cfg.init, model.init), norm_eps=float(pick("norm_eps", cfg.norm_eps, model.norm_eps)),
+        init=pick("init", cfg.init, model.init, model_source),
+        norm_eps=float(pick("norm_eps", cfg.norm_eps, model.norm_eps, model_source)),
         decay_norm=bool(pick("decay_norm", cfg.decay_norm, False)), sp=sp, world=world, micro_batch=micro_batch,
         grad_accum=grad_accum, tokens_per_step=tokens_per_step, steps=steps, source=source)
 
