@@ -12,14 +12,15 @@ import datetime as dt
 import hashlib
 import json
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from datatrove.pipeline.base import PipelineStep
 
+from pipelines.executors import ExecutorOptions
 from pipelines.sources import HF_PREFIX, resolve_source
 from pipelines.spec import MixtureSpec
+from pipelines.stages import Stage
 from pipelines.steps import (
     FileTask, ReadSourceFile, SampleByIdHash, Tokenize, WriteIntermediate,
 )
@@ -184,64 +185,34 @@ class PackAndWrite(PipelineStep):
         return iter(())
 
 
-def _make_executor(kind: str, pipeline: list, tasks: int, logging_dir: str, opts: BuildOptions, depends=None,
-                   job_name: str = "midtrain"):
-    if kind == "local":
-        from datatrove.executor import LocalPipelineExecutor
-
-        return LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=min(opts.workers, tasks),
-                                     logging_dir=logging_dir, depends=depends, skip_completed=depends is None)
-    if kind == "slurm":
-        from datatrove.executor import SlurmPipelineExecutor
-
-        o = dict(opts.executor_options)
-        return SlurmPipelineExecutor(pipeline=pipeline, tasks=tasks, time=o.pop("time", "24:00:00"),
-                                     partition=o.pop("partition", "cpu"), workers=opts.workers if opts.workers > 1 else -1,
-                                     logging_dir=logging_dir, job_name=job_name, depends=depends,
-                                     skip_completed=depends is None, **o)
-    if kind == "ray":
-        from datatrove.executor.ray import RayPipelineExecutor
-
-        return RayPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=opts.workers, logging_dir=logging_dir,
-                                   depends=depends, skip_completed=depends is None, **opts.executor_options)
-    raise ValueError(f"unknown executor {kind!r}; use local, slurm or ray")
-
-
-def make_executors(ctx: BuildContext):
-    logs = os.path.join(ctx.work_dir, "logs")
-    stage_a = None
+def plan_stages(ctx: BuildContext) -> list[Stage]:
+    """The stages of this build, in order: the per-file stage, then the global stages."""
+    stages: list[Stage] = []
     if ctx.tasks:  # a mixture whose sources all matched nothing still gets its (empty) manifest
-        stage_a = _make_executor(ctx.opts.executor, stage_a_pipeline(ctx), len(ctx.tasks),
-                                 os.path.join(logs, "stage_a"), ctx.opts, job_name=f"{ctx.spec.name}-read-tokenize")
-    stage_b = _make_executor(ctx.opts.executor, [PackAndWrite(ctx)], 1, os.path.join(logs, "stage_b"), ctx.opts,
-                             depends=stage_a, job_name=f"{ctx.spec.name}-pack")
-    return stage_a, stage_b
+        stages.append(Stage("stage_a", stage_a_pipeline(ctx), len(ctx.tasks), kind="per-file",
+                            description=f"read + tokenize {len(ctx.tasks)} files"))
+    stages.append(Stage("stage_b", [PackAndWrite(ctx)], 1, kind="global", description="pack and write shards"))
+    return stages
 
 
-def _run_with_progress(executor, n_tasks: int, completions_dir: str, label: str) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def executor_options(ctx: BuildContext) -> ExecutorOptions:
+    return ExecutorOptions(kind=ctx.opts.executor, workers=ctx.opts.workers, options=dict(ctx.opts.executor_options),
+                           job_prefix=ctx.spec.name)
 
-    error: list[BaseException] = []
 
-    def target():
-        try:
-            executor.run()
-        except BaseException as e:  # re-raised in the caller's thread
-            error.append(e)
+def make_executors(ctx: BuildContext) -> list:
+    """The datatrove executors of this build's stages (stage i depends on stage i-1)."""
+    from pipelines.executors import make_executors as chain
 
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=False) as progress:
-        bar = progress.add_task(label, total=n_tasks)
-        while thread.is_alive():
-            done = len(os.listdir(completions_dir)) if os.path.isdir(completions_dir) else 0
-            progress.update(bar, completed=done)
-            thread.join(0.2)
-        done = len(os.listdir(completions_dir)) if os.path.isdir(completions_dir) else 0
-        progress.update(bar, completed=done)
-    if error:
-        raise error[0]
+    return chain(plan_stages(ctx), executor_options(ctx), os.path.join(ctx.work_dir, "logs"))
+
+
+def dry_run(spec: MixtureSpec, opts: BuildOptions):
+    """The plan of a build (sources, estimated tokens, stages and their needs) without running or writing anything."""
+    from pipelines.plan import plan_build
+
+    ctx = prepare(spec, opts)
+    return plan_build(ctx, plan_stages(ctx))
 
 
 def build_mixture(spec: MixtureSpec, opts: BuildOptions) -> Path:
@@ -254,13 +225,8 @@ def build_mixture(spec: MixtureSpec, opts: BuildOptions) -> Path:
         ctx.decontam_index = os.path.join(ctx.work_dir, "decontam-index")
         if not Path(ctx.decontam_index).exists():
             build_decontam_index(_decontam_config(ctx), Path(ctx.decontam_index))
-    stage_a, stage_b = make_executors(ctx)
-    if opts.executor == "local" and stage_a is not None:
-        if opts.progress:
-            _run_with_progress(stage_a, len(ctx.tasks), os.path.join(ctx.work_dir, "logs", "stage_a", "completions"),
-                               f"read + tokenize {len(ctx.tasks)} files")
-        else:
-            stage_a.run()
-    # local: stage A is done, this runs stage B; slurm/ray: submits both stages (B depends on A) and returns
-    stage_b.run()
+    from pipelines.executors import run_stages
+
+    # local: runs every stage in order; slurm/ray: submits them (each depending on the previous) and returns
+    run_stages(plan_stages(ctx), executor_options(ctx), os.path.join(ctx.work_dir, "logs"), progress=opts.progress)
     return Path(opts.out) / "manifest.duckdb"

@@ -54,6 +54,40 @@ def print_summary(out: Path) -> None:
     con.close()
 
 
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1024 or unit == "PB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def print_plan(plan, out: Path) -> None:
+    """Tables of `build-mixture --dry-run`."""
+    t = Table(title=f"dry run: sources (tokens estimated from a sample) → {out}", show_footer=True)
+    t.add_column("source", footer="total")
+    t.add_column("files", justify="right", footer=f"{sum(s.n_files for s in plan.sources):,}")
+    t.add_column("bytes", justify="right", footer=_size(sum(s.bytes for s in plan.sources)))
+    t.add_column("sample", justify="right")
+    t.add_column("records (est.)", justify="right", footer=f"{plan.est_records:,}")
+    t.add_column("tokens (est.)", justify="right", footer=f"{plan.est_tokens:,}")
+    t.add_column("note")
+    for s in plan.sources:
+        t.add_row(s.source, f"{s.n_files:,}", _size(s.bytes), f"{s.sample:g}",
+                  "?" if s.est_records is None else f"{s.est_records:,}",
+                  "?" if s.est_tokens is None else f"{s.est_tokens:,}", s.note)
+    console.print(t)
+    st = Table(title="stages")
+    for col in ("stage", "kind", "tasks", "memory / task", "disk", "what"):
+        st.add_column(col, justify="right" if col in ("tasks", "memory / task", "disk") else "left")
+    for s in plan.stages:
+        st.add_row(s.name, s.kind, f"{s.tasks:,}", _size(s.memory_per_task), _size(s.disk), s.description)
+    console.print(st)
+    console.print(f"shards: ~{_size(plan.est_tokens * plan.token_bytes)} ({plan.token_bytes}-byte tokens)")
+
+
 def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     @app.command("mixtures")
     def mixtures_cmd() -> None:
@@ -110,9 +144,18 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         exclude: Annotated[Optional[list[Path]], typer.Option(
             help="Another build's OUT dir: its documents are not reused here (dropped as excluded); repeatable.")] = None,
         progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+        dry_run: Annotated[bool, typer.Option(
+            "--dry-run", help="Print per source the files, bytes and estimated tokens (from a sample), and per stage "
+                              "the tasks, memory per task and disk; run nothing, write nothing.")] = False,
     ) -> None:
-        """Build a mixture into token shards + manifest.duckdb, then print its composition."""
+        """Build a mixture into token shards + manifest.duckdb, then print its composition.
+
+        Executor options: `--executor-opt KEY=VALUE` goes to every stage's datatrove executor; prefix the key with
+        `per-file.` or `global.` to size the per-file stage and the global stages separately (e.g.
+        `--executor-opt global.mem_per_cpu_gb=8`). Ray: `address=auto` joins a running cluster, else a local one
+        with `--workers` CPUs is started."""
         from pipelines.build import BuildOptions, build_mixture
+        from pipelines.executors import EXECUTOR_KINDS, ExecutorOptionError, StageFailed, parse_executor_options
         from pipelines.formats import SourceFileError
         from pipelines.spec import SpecError, load_spec
 
@@ -120,25 +163,36 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             spec = load_spec(name)
         except SpecError as e:
             _fail(str(e))
-        opts_kv = {}
-        for kv in executor_opt or []:
-            if "=" not in kv:
-                _fail(f"--executor-opt expects KEY=VALUE, got {kv!r}")
-            k, v = kv.split("=", 1)
-            opts_kv[k] = int(v) if v.isdigit() else v
+        if executor not in EXECUTOR_KINDS:
+            _fail(f"--executor must be one of {', '.join(EXECUTOR_KINDS)}, got {executor!r}")
+        try:
+            opts_kv = parse_executor_options(executor_opt or [])
+        except ExecutorOptionError as e:
+            _fail(str(e))
         out = out or Path("out") / spec.name
         opts = BuildOptions(out=str(out), source_root=source_root, seed=seed, max_tokens=max_tokens, workers=workers,
                             executor=executor, executor_options=opts_kv, strict=strict,
                             exclude=tuple(str(p) for p in exclude or ()), progress=progress)
+        if dry_run:
+            from pipelines.build import dry_run as plan_only
+
+            try:
+                print_plan(plan_only(spec, opts), out)
+            except (SpecError, ExecutorOptionError, FileNotFoundError) as e:
+                _fail(str(e))
+            return
         try:
             build_mixture(spec, opts)
-        except (SpecError, SourceFileError, FileNotFoundError) as e:
+        except (SpecError, SourceFileError, FileNotFoundError, ExecutorOptionError) as e:
             _fail(str(e))
+        except StageFailed as e:
+            console.print(f"[bold red]build failed:[/] {e}")
+            raise typer.Exit(1)
         except ValueError as e:
             if strict or "unknown" in str(e):
                 _fail(str(e))
             raise
-        if executor == "local":
+        if executor in ("local", "ray"):  # both block until the build is done
             print_summary(out)
         else:
             console.print(f"submitted to {executor}; run `python cli.py verify {out}` when it finishes")

@@ -301,32 +301,24 @@ def test_init_from_our_merged_soup_takes_its_model(soup, stage2_build, tmp_path)
         torch.testing.assert_close(new_w[k], soup_w[k], rtol=0, atol=1e-5, msg=k)
 
 
-def test_init_from_hf_calls_the_hf_module(soup, stage2_build, tmp_path, monkeypatch):
-    """`--init-from hf:DIR` asks trainer.hf for the model config and the state dict (our parameter names). The real
-    module comes from the HF branch; here a stand-in serves the soup's weights, to check the wiring."""
-    import types
-
-    from trainer.checkpoint import load_model_weights, read_model_config
-    from trainer.train import train
+def test_init_from_hf_takes_the_hf_checkpoint(soup, stage2_build, tokenizer_path, tmp_path):
+    """The soup exported as a Hugging Face checkpoint (trainer/hf.py) and read back by `--init-from hf:DIR` without
+    --preset: the model comes from its config.json and training starts from its weights."""
+    from trainer.checkpoint import load_model_weights
+    from trainer.hf import export_hf
 
     out, _ = soup
-    calls = []
-    fake = types.ModuleType("trainer.hf")
-    fake.hf_config_to_model_config = lambda d: calls.append(("config", str(d))) or ModelConfig(**read_model_config(out))
-    fake.load_hf_checkpoint = lambda d, mcfg: calls.append(("weights", str(d), mcfg.seq_len)) or load_model_weights(out)
-    monkeypatch.setitem(sys.modules, "trainer.hf", fake)
-    torch.set_num_threads(1)
+    hf_dir = export_hf(out, tmp_path / "hf", tokenizer=str(tokenizer_path))
     run = tmp_path / "from-hf"
-    train(TrainConfig(data=str(stage2_build), out=str(run), init_from=f"hf:{tmp_path}/hfdir", seq_len=256, steps=1,
-                      lr=1e-6, progress=False, plot=False))
-    assert calls == [("config", f"{tmp_path}/hfdir"), ("weights", f"{tmp_path}/hfdir", 256)]
-    torch.testing.assert_close(load_model_weights(run)["embed.weight"], load_model_weights(out)["embed.weight"],
-                               rtol=0, atol=1e-5)
-
-
-def test_init_from_real_hf_module_when_present():
-    hf = pytest.importorskip("trainer.hf", reason="trainer/hf.py (Hugging Face import) lands from another branch")
-    assert callable(hf.load_hf_checkpoint) and callable(hf.hf_config_to_model_config)
+    proc = _cli("train", "--data", str(stage2_build), "--out", str(run), "--init-from", f"hf:{hf_dir}", "--seq-len",
+                "256", "--steps", "1", "--lr", "1e-6", "--no-progress", timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    soup_w, new_w = load_model_weights(out), load_model_weights(run)
+    for k in soup_w:
+        torch.testing.assert_close(new_w[k], soup_w[k], rtol=0, atol=1e-5, msg=k)
+    res = _cli_in_process("train", "--data", str(stage2_build), "--out", str(tmp_path / "x"), "--init-from",
+                          f"hf:{hf_dir}", "--preset", "small")
+    assert res.exit_code == 2 and "does not fit --preset small" in res.stderr, res.output
 
 
 # -- bad values exit 2 with one line ---------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from trainer.config import ATTENTION, DTYPES, INITS, POSITIONS, PRESETS, SCHEDULES, TrainConfig
+from trainer.config import ATTENTION, DTYPES, INITS, POSITIONS, PRESETS, SCHEDULES, ModelConfig, TrainConfig
 from trainer.recipes import RECIPES, get_recipe
 
 HF_PREFIX = "hf:"  # same as trainer.train.HF_PREFIX (not imported: the CLI keeps torch out of --help)
@@ -56,17 +56,28 @@ def choose_seeds(cfg: TrainConfig, seed: int | None, seeds: str | None) -> list[
     return recipe_seeds or [0]
 
 
-def check_init_from(spec: str) -> None:
-    """Fail early (ValueError / FileNotFoundError) on an --init-from that cannot be read."""
+def check_init_from(spec: str, preset: str | None) -> None:
+    """Fail early (ValueError / FileNotFoundError) on an --init-from that cannot be read or does not fit --preset."""
     if spec.startswith(HF_PREFIX):
-        if importlib.util.find_spec("trainer.hf") is None:
-            raise ValueError("--init-from hf:DIR needs trainer/hf.py (Hugging Face import), which this checkout lacks")
+        try:
+            from trainer import hf
+        except ImportError as e:
+            raise ValueError(f"--init-from hf:DIR needs trainer/hf.py (Hugging Face import): {e}") from e
         if not Path(spec[len(HF_PREFIX):]).is_dir():
             raise FileNotFoundError(f"--init-from {spec}: no such directory")
-        return
-    from trainer.checkpoint import weights_dir
+        found = hf.hf_config_to_model_config(spec[len(HF_PREFIX):])
+    else:
+        from trainer.checkpoint import read_model_config
 
-    weights_dir(spec)
+        known = {f.name for f in dataclasses.fields(ModelConfig)}
+        found = ModelConfig(**{k: v for k, v in read_model_config(spec).items() if k in known})
+    if preset is not None:
+        shape = ("n_layers", "d_model", "n_heads", "ffn_dim", "vocab_size")
+        want = PRESETS[preset].model
+        diff = [f"{k} {getattr(found, k)} vs {getattr(want, k)}" for k in shape if getattr(found, k) != getattr(want, k)]
+        if diff:
+            raise ValueError(f"--init-from {spec} does not fit --preset {preset} ({', '.join(diff)}); leave out "
+                             "--preset to train the checkpoint's own model")
 
 
 def run_one(cfg: TrainConfig, nproc: int) -> int:
@@ -252,7 +263,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             run_seeds = choose_seeds(cfg, seed, seeds)
             cfg = dataclasses.replace(cfg, seed=run_seeds[0])
             if init_from:
-                check_init_from(init_from)
+                check_init_from(init_from, preset)
             from trainer.train import resolve_run
 
             world = nproc if "LOCAL_RANK" not in os.environ else int(os.environ.get("WORLD_SIZE", 1))

@@ -55,11 +55,16 @@ def gsm8k(
                                                          workers=workers), test_path, tokenizer, limit)
     else:
         from .llm import LLMConfig, run_llm
+        from .sandbox import SandboxUnavailable
 
-        report = run_llm(input, out, LLMConfig(server_type=server_type, model=model, endpoint_url=endpoint_url,
-                                               api_key=api_key, variants=variants, seed=seed,
-                                               concurrency=concurrency, program_tries=program_tries),
-                         test_path, tokenizer, limit)
+        try:
+            report = run_llm(input, out, LLMConfig(server_type=server_type, model=model, endpoint_url=endpoint_url,
+                                                   api_key=api_key, variants=variants, seed=seed,
+                                                   concurrency=concurrency, program_tries=program_tries),
+                             test_path, tokenizer, limit)
+        except SandboxUnavailable as e:  # generated programs are never run without isolation
+            typer.echo(f"error: the program sandbox cannot be set up on this machine: {e}", err=True)
+            raise typer.Exit(2)
     keys = ["problems", "problems_abstracted", "abstraction_rate", "variants_emitted", "tokens", "seconds"]
     typer.echo(json.dumps({k: report.get(k) for k in keys}))
     typer.echo(f"wrote {out}/report.json")
