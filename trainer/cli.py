@@ -74,7 +74,8 @@ def check_init_from(spec: str, preset: str | None) -> None:
     if preset is not None:
         shape = ("n_layers", "d_model", "n_heads", "ffn_dim", "vocab_size")
         want = PRESETS[preset].model
-        diff = [f"{k} {getattr(found, k)} vs {getattr(want, k)}" for k in shape if getattr(found, k) != getattr(want, k)]
+        diff = [f"{k} {getattr(found, k)} vs {getattr(want, k)}" for k in shape
+                if getattr(found, k) != getattr(want, k)]
         if diff:
             raise ValueError(f"--init-from {spec} does not fit --preset {preset} ({', '.join(diff)}); leave out "
                              "--preset to train the checkpoint's own model")
