@@ -188,6 +188,8 @@ def resolve_settings(cfg: TrainConfig, model: ModelConfig, build_seq_len: int, b
         warmup = min(preset.warmup if preset else 0, steps // 10)
     else:
         warmup = pick("warmup", cfg.warmup, 0)
+        if warmup > steps:  # e.g. a recipe's 500 warmup steps on a short test run: the LR never reaches its peak
+            source["warmup"] += f" (longer than the {steps} steps: peak LR never reached)"
     return RunSettings(
         recipe=recipe.name if recipe else None, seq_len=seq_len, rope_theta=float(rope_theta), lr=float(lr),
         schedule=pick("schedule", cfg.schedule, "cosine"), warmup=int(warmup),
