@@ -86,7 +86,7 @@ class MinHasher:
         # per-row multipliers to combine a band's `rows` values into one hash; band index salts it
         self.row_mult = rng.integers(0, 2**64, cfg.rows, dtype=np.uint64) | _U64(1)
         self.band_salt = rng.integers(0, 2**64, cfg.bands, dtype=np.uint64)
-        self._buf = np.empty((_CHUNK, cfg.num_perm), _U32)
+        self._buf = np.empty((cfg.num_perm, _CHUNK), _U32)
 
     def shingles(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(32-bit shingle hashes, text index of each, non-decreasing) of the `fold_tokens` n-grams of every text; a
@@ -110,12 +110,12 @@ class MinHasher:
         sig = np.full((n_docs, self.cfg.num_perm), np.iinfo(_U32).max, _U32)
         for i in range(0, len(shingles), _CHUNK):
             x, d = shingles[i:i + _CHUNK], doc[i:i + _CHUNK]
-            buf = self._buf[: len(x)]
-            np.multiply(x[:, None], self.a[None, :], out=buf)
-            buf += self.b
+            buf = self._buf[:, : len(x)]  # (num_perm, shingles): each text's run of shingles is contiguous per row
+            np.multiply(self.a[:, None], x[None, :], out=buf)
+            buf += self.b[:, None]
             seg = np.flatnonzero(np.concatenate([[True], d[1:] != d[:-1]]))
             docs = d[seg]  # distinct, so the fancy-indexed update below is well defined
-            sig[docs] = np.minimum(sig[docs], np.minimum.reduceat(buf, seg, axis=0))
+            sig[docs] = np.minimum(sig[docs], np.minimum.reduceat(buf, seg, axis=1).T)
         return sig
 
     def band_hashes(self, sig: np.ndarray) -> np.ndarray:

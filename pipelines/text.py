@@ -166,9 +166,8 @@ def token_hashes_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     change = np.flatnonzero(cls[1:] != cls[:-1]) + 1
     bounds = np.concatenate([[0], change, [len(buf)]])
     starts, ends = bounds[:-1], bounds[1:]
-    if len(buf):
-        keep = cls[starts] != 0
-        starts, ends = starts[keep], ends[keep]
+    keep = cls[starts] != 0 if len(buf) else np.zeros(len(starts), bool)
+    starts, ends = starts[keep], ends[keep]
     doc = np.searchsorted(seg_start, starts, "right") - 1
     return hash_spans(buf, starts, ends), doc
 

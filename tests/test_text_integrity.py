@@ -146,3 +146,17 @@ def test_build_shards_hold_no_false_document_boundary(tmp_path: Path):
     tok = Tokenizer.from_file(str(TOKENIZER))
     docs = np.split(tokens[:n_tokens], np.flatnonzero(tokens[:n_tokens] == EOS)[:-1] + 1)
     assert sorted(tok.decode(d[:-1].tolist(), skip_special_tokens=False) for d in docs) == sorted(texts)
+
+
+def test_minhash_of_a_text_does_not_depend_on_its_batch():
+    """Signatures are computed for a batch of texts at once: no shingle may span two texts, whatever their length."""
+    from pipelines.dedup import MinHasher
+
+    texts = ["one two three", "", "four five six seven eight nine ten", "x=-1", "naïve café — “quoted” " * 30,
+             " ".join(f"w{i}" for i in range(5000)), "a b c d e"]
+    h = MinHasher(DedupConfig())
+    together = h.bands_batch(texts)
+    for t, b in zip(texts, together):
+        alone, = h.bands_batch([t])
+        assert (b is None and alone is None) or np.array_equal(b, alone), t[:30]
+    assert together[1] is None and together[0] is not None
