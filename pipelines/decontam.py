@@ -437,16 +437,19 @@ def _in_bitmap(bitmap: np.ndarray, bits: int, h: np.ndarray) -> np.ndarray:
 
 def _ranges(table: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(query index, table position) of every match of queries q in sorted `table` (which may repeat hashes).
-    One binary search per query; the second (for repeats) only for the few that hit."""
-    lo = np.searchsorted(table, q, "left")
+    Queries are searched in sorted order (numpy narrows each search from the previous one: ~6x faster on the
+    suite's 2M-entry table than random order), once each; the second search (for repeats) only for the few hits."""
+    order = np.argsort(q)
+    qs = q[order]
+    lo = np.searchsorted(table, qs, "left")
     hit = lo < len(table)
-    hit[hit] = table[lo[hit]] == q[hit]
-    qi = np.flatnonzero(hit)
-    if len(qi) == 0:
+    hit[hit] = table[lo[hit]] == qs[hit]
+    si = np.flatnonzero(hit)
+    if len(si) == 0:
         return np.zeros(0, np.intp), np.zeros(0, np.intp)
-    lo = lo[qi]
-    n = np.searchsorted(table, q[qi], "right") - lo
-    return np.repeat(qi, n), np.repeat(lo - np.cumsum(n) + n, n) + np.arange(int(n.sum()))
+    lo = lo[si]
+    n = np.searchsorted(table, qs[si], "right") - lo
+    return np.repeat(order[si], n), np.repeat(lo - np.cumsum(n) + n, n) + np.arange(int(n.sum()))
 
 
 RULES = ("ngram", "short")

@@ -46,6 +46,37 @@ def fold_exact(text: str) -> bytes:
 
 
 _NON_WORD = re.compile(r"[\W_]+")
+_TOKEN = re.compile(r"[^\W_]+|(?:[^\w\s]|_)+")
+
+
+def _common_non_ascii() -> tuple[dict[int, str], dict[int, None], dict[int, str]]:
+    """Translation tables for the non-ASCII whitespace and symbols of most web text (Latin-1 punctuation, general
+    punctuation, currency, arrows, math operators...): (whitespace -> " ", symbol -> deleted, both -> " "). Only
+    characters the regex paths treat the same way, that NFC and lower-casing leave alone, are listed."""
+    ws, sym = {}, {}
+    for lo, hi in ((0x80, 0xBF), (0xD7, 0xD7), (0xF7, 0xF7), (0x2000, 0x2BFF), (0x3000, 0x303F), (0xFE30, 0xFE4F),
+                   (0xFF01, 0xFF0F)):
+        for cp in range(lo, hi + 1):
+            c = chr(cp)
+            if unicodedata.normalize("NFC", c) != c or c.lower() != c or unicodedata.combining(c):
+                continue
+            if re.fullmatch(r"\s", c):
+                ws[cp] = " "
+            elif re.fullmatch(r"[^\w\s]", c):
+                sym[cp] = None
+    return ws, sym, {**ws, **{cp: " " for cp in sym}}
+
+
+_WS_TO_SPACE, _DELETE_SYMBOLS, _SEPARATORS_TO_SPACE = _common_non_ascii()
+
+
+def _as_bytes_with_symbols(text: str) -> bytes | None:
+    """Lower-cased UTF-8 of a text whose non-ASCII characters are all listed whitespace (made " ") or symbols (kept:
+    their bytes, all >= 0x80, are symbol bytes for `_BYTE_CLASS`); None for any other text."""
+    u = text.translate(_WS_TO_SPACE)
+    if not u.translate(_DELETE_SYMBOLS).isascii():
+        return None
+    return u.lower().encode("utf-8")
 # ASCII fast path: one bytes.translate (A-Z -> a-z, every other non-alphanumeric byte -> space), then split/join.
 _ASCII_WORDS = bytes(
     (c + 32 if 65 <= c <= 90 else c) if (48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122) else 32
@@ -57,12 +88,14 @@ def fold_words(text: str) -> bytes:
     `_` and whitespace are separators)."""
     if text.isascii():
         return b" ".join(text.encode("ascii").translate(_ASCII_WORDS).split())
+    u = text.translate(_SEPARATORS_TO_SPACE)  # most non-ASCII web text: curly quotes, dashes, NBSP...
+    if u.isascii():
+        return b" ".join(u.encode("ascii").translate(_ASCII_WORDS).split())
     return " ".join(_NON_WORD.sub(" ", _nfc_lower(text)).split()).encode("utf-8")
 
 
-_TOKEN = re.compile(r"[^\W_]+|(?:[^\w\s]|_)+")
 # byte classes for the ASCII path of `fold_tokens`: 0 whitespace, 1 letter/digit, 2 anything else (symbols, `_`)
-_BYTE_CLASS = np.full(256, 2, np.uint8)
+_BYTE_CLASS = np.full(256, 2, np.uint8)  # bytes >= 0x80 only occur here as parts of listed symbols
 _BYTE_CLASS[list(b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f")] = 0
 _BYTE_CLASS[list(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")] = 1
 
@@ -70,14 +103,14 @@ _BYTE_CLASS[list(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXY
 def fold_tokens(text: str) -> bytes:
     """UTF-8 of text's tokens separated by single spaces: lower-case words (letters/digits) and symbol runs (every
     other non-space character, `_` included), NFC. `a+b` -> `a + b`, `x = -5;` -> `x = - 5 ;`."""
-    if text.isascii():
-        b = text.encode("ascii").lower()
-        starts, ends = _ascii_token_spans(np.frombuffer(b, np.uint8))
+    b = text.encode("ascii").lower() if text.isascii() else _as_bytes_with_symbols(text)
+    if b is not None:
+        starts, ends = _byte_token_spans(np.frombuffer(b, np.uint8))
         return b" ".join(b[s:e] for s, e in zip(starts.tolist(), ends.tolist()))
     return " ".join(_TOKEN.findall(_nfc_lower(text))).encode("utf-8")
 
 
-def _ascii_token_spans(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _byte_token_spans(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(starts, ends) of the maximal runs of one non-space byte class."""
     cls = _BYTE_CLASS[b]
     change = np.flatnonzero(cls[1:] != cls[:-1]) + 1
@@ -149,13 +182,14 @@ def word_hashes(norm: str | bytes) -> np.ndarray:
 
 def token_hashes_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(hash of every `fold_tokens` token of every text, text index of each token), in text order, in one
-    vectorised pass: ASCII texts are lower-cased and cut by byte class, others through `fold_tokens`."""
+    vectorised pass: ASCII texts (and texts whose non-ASCII characters are common symbols) are lower-cased and cut
+    by byte class, others go through `fold_tokens`."""
     parts: list[bytes] = []
-    ascii_mask: list[bool] = []
+    ascii_mask: list[bool] = []  # True: cut by byte class; False: already `fold_tokens`, cut at spaces
     for t in texts:
-        a = t.isascii()
-        parts.append(t.encode("ascii").lower() if a else fold_tokens(t))
-        ascii_mask.append(a)
+        b = t.encode("ascii").lower() if t.isascii() else _as_bytes_with_symbols(t)
+        parts.append(fold_tokens(t) if b is None else b)
+        ascii_mask.append(b is not None)
     lengths = np.fromiter((len(p) for p in parts), np.int64, len(parts))
     buf = np.frombuffer(b"\n".join(parts), np.uint8)  # "\n" is whitespace: no token crosses two texts
     seg_start = np.cumsum(lengths + 1) - lengths - 1

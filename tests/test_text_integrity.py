@@ -160,3 +160,27 @@ def test_minhash_of_a_text_does_not_depend_on_its_batch():
         alone, = h.bands_batch([t])
         assert (b is None and alone is None) or np.array_equal(b, alone), t[:30]
     assert together[1] is None and together[0] is not None
+
+
+def test_fast_paths_equal_the_documented_definitions(hub: Path):
+    """ASCII and common-symbol fast paths give exactly the regex definitions, on the mirror's non-ASCII documents
+    (curly quotes, dashes, NBSP, accents, CJK...) and on crafted edge cases."""
+    import re
+
+    from quality_mirror import iter_mirror_docs
+
+    def ref_words(t: str) -> bytes:
+        return " ".join(re.sub(r"[\W_]+", " ", unicodedata.normalize("NFC", t.lower())).split()).encode()
+
+    def ref_tokens(t: str) -> bytes:
+        return " ".join(re.findall(r"[^\W_]+|(?:[^\w\s]|_)+", unicodedata.normalize("NFC", t.lower()))).encode()
+
+    texts = [t for _, _, t in iter_mirror_docs(hub) if not t.isascii()][:1500]
+    texts += ["“Quoted”—dash… ½ × 3 ≤ 4\u00a0nbsp\u2009thin", "x_y’s «naïve» Ω≈ω", "a\u0301 e\u0301", "ＡＢＣ！",
+              "\u0085next\u2028line", "", "plain"]
+    assert len(texts) > 500
+    for t in texts:
+        assert fold_words(t) == ref_words(t), t[:80]
+        assert fold_tokens(t) == ref_tokens(t), t[:80]
+    th, doc = token_hashes_batch(texts)
+    assert np.array_equal(th, np.concatenate([word_hashes(ref_tokens(t)) for t in texts]))
