@@ -2,10 +2,11 @@
 
 Index (built once per build by `build_decontam_index`): for every benchmark item, the hashes of normalised word
 13-grams (`fold_words` of `pipelines/text.py`: NFC, case, punctuation, symbols and whitespace folded) of
-*question + answer* and of *question + choices in order*. N-grams with fewer than `min_distinct` distinct words are left out: digit runs such as
-"1 2 3 ... 13" or "0 0 0 ..." occur in clean code and tables and were most of plain 13-gram matching's false
-positives. Short items (question < 13 words) use whole-sequence containment instead: the hash of the whole question
-(if it has >= `short_min` words), and of question + answer / question + choices when those are still < 13 words.
+*question + answer* and of *question + choices in order*. N-grams with fewer than `min_distinct` distinct words are
+left out: digit runs such as "1 2 3 ... 13" or "0 0 0 ..." occur in clean code and tables and were most of plain
+13-gram matching's false positives. Short items (question < 13 words) use whole-sequence containment instead: the
+hash of the whole question (if it has >= `short_min` words), and of question + answer / question + choices when
+those are still < 13 words.
 Items with no sequence of >= `short_min` words cannot be matched reliably and are counted as `unmatchable`.
 
 The index is a directory of sorted uint64 arrays (.npy, memory-mapped by every worker, shared through the page

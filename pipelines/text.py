@@ -217,7 +217,8 @@ def words_and_labels(norm: bytes) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, _U64), np.zeros(0, np.uint8)
     b, starts, ends = _space_spans(norm)
     first = b[starts]
-    return hash_spans(b, starts, ends), np.where(((ends - starts) == 1) & _LABEL_BYTES[first], first, 0).astype(np.uint8)
+    label = np.where(((ends - starts) == 1) & _LABEL_BYTES[first], first, 0).astype(np.uint8)
+    return hash_spans(b, starts, ends), label
 
 
 _SALT = _U64(0x2545F4914F6CDD1D)

@@ -126,7 +126,8 @@ def test_build_shards_hold_no_false_document_boundary(tmp_path: Path):
     texts = [CONTROL_TEXT, "second <|endoftext|><|endoftext|> doc", "third doc, plain", "<|padding|>"]
     data = tmp_path / "data"
     data.mkdir()
-    (data / "docs.jsonl").write_text("".join(json.dumps({"id": f"t{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    rows = [json.dumps({"id": f"t{i}", "text": t}) for i, t in enumerate(texts)]
+    (data / "docs.jsonl").write_text("\n".join(rows) + "\n")
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"name": "ctl", "seq_len": 64, "tokenizer": str(TOKENIZER),
                                     "sources": [{"name": "s", "uri": str(data / "*.jsonl")}]}))
@@ -176,8 +177,8 @@ def test_fast_paths_equal_the_documented_definitions(hub: Path):
         return " ".join(re.findall(r"[^\W_]+|(?:[^\w\s]|_)+", unicodedata.normalize("NFC", t.lower()))).encode()
 
     texts = [t for _, _, t in iter_mirror_docs(hub) if not t.isascii()][:1500]
-    texts += ["“Quoted”—dash… ½ × 3 ≤ 4\u00a0nbsp\u2009thin", "x_y’s «naïve» Ω≈ω", "a\u0301 e\u0301", "ＡＢＣ！",
-              "\u0085next\u2028line", "", "plain"]
+    texts += ["“Quoted”—dash… ½ × 3 ≤ 4\u00a0nbsp\u2009thin", "x_y’s «naïve» Ω≈ω", "a\u0301 e\u0301",
+              "ＡＢＣ！", "\u0085next\u2028line", "", "plain"]
     assert len(texts) > 500
     for t in texts:
         assert fold_words(t) == ref_words(t), t[:80]
