@@ -33,7 +33,9 @@ import pyarrow.parquet as pq
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from pipelines.text import fold_words, hashes_at, length_salts, ngram_ipow, ngram_prefix, word_hashes, words_and_labels
+from pipelines.text import (
+    fold_words, hashes_at, length_salts, ngram_ipow, ngram_prefix, token_batch, word_hashes, words_and_labels,
+)
 
 _U64 = np.uint64
 DEFAULT_SUITE = ("arc_challenge", "arc_easy", "boolq", "hellaswag", "piqa", "sciq", "winogrande", "openbookqa",
@@ -524,10 +526,7 @@ class DecontamIndex:
 
     def match_batch(self, texts: list[str], rules: tuple[str, ...] = RULES) -> list[dict[int, int]]:
         """`match` for many texts in one vectorised pass (per-call overhead dominates on short documents)."""
-        norms = [fold_words(t) for t in texts]
-        n_words = np.array([t.count(b" ") + 1 if t else 0 for t in norms], np.int64)
-        wh, lab = words_and_labels(b" ".join(t for t in norms if t))
-        doc = np.repeat(np.arange(len(texts)), n_words)
+        wh, doc, lab = token_batch(texts).words()  # the `fold_words` stream, shared with the dedup step
         ds, hs, its = self._match_stream(wh, doc, rules)
         # second pass without labels for docs with a label letter other than "a" (rare in prose)
         strong = np.zeros(len(texts), bool)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -180,30 +181,78 @@ def word_hashes(norm: str | bytes) -> np.ndarray:
     return hash_spans(*_space_spans(norm.encode("utf-8") if isinstance(norm, str) else norm))
 
 
-def token_hashes_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(hash of every `fold_tokens` token of every text, text index of each token), in text order, in one
-    vectorised pass: ASCII texts (and texts whose non-ASCII characters are common symbols) are lower-cased and cut
-    by byte class, others go through `fold_tokens`."""
+@dataclass(frozen=True)
+class TokenBatch:
+    """Every `fold_tokens` token of a batch of texts, in text order: its hash, its text's index, whether it is a
+    word (letters/digits; else a symbol run) and, for a word, its label letter (the byte of a single-letter a-h
+    word: what "A)", "(b)" become under `fold_words`, else 0). The word tokens are exactly the `fold_words` words."""
+
+    texts: list[str]
+    hashes: np.ndarray
+    doc: np.ndarray
+    is_word: np.ndarray
+    label: np.ndarray
+
+    def words(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(hashes, text index, label letter) of the word tokens only: the `fold_words` stream."""
+        w = self.is_word
+        return self.hashes[w], self.doc[w], self.label[w]
+
+
+def _slow_word_flags(folded: bytes) -> list[bool]:
+    """Word flag of every token of a `fold_tokens` output (only for texts off the byte-class fast path)."""
+    return [bool(_WORD_START.match(tok)) for tok in folded.decode("utf-8").split(" ")] if folded else []
+
+
+_WORD_START = re.compile(r"[^\W_]")
+_last: TokenBatch | None = None
+
+
+def token_batch(texts: list[str]) -> TokenBatch:
+    """`TokenBatch` of texts in one vectorised pass: ASCII texts (and texts whose non-ASCII characters are common
+    symbols) are lower-cased and cut by byte class, others go through `fold_tokens`. The decontamination and dedup
+    steps run back to back on the same batch of documents: the last result is reused when called again with the
+    same text objects in the same order."""
+    global _last
+    if _last is not None and len(_last.texts) == len(texts) and all(a is b for a, b in zip(_last.texts, texts)):
+        return _last
     parts: list[bytes] = []
-    ascii_mask: list[bool] = []  # True: cut by byte class; False: already `fold_tokens`, cut at spaces
-    for t in texts:
+    slow: list[int] = []  # texts already `fold_tokens`-ed: cut at spaces only
+    for i, t in enumerate(texts):
         b = t.encode("ascii").lower() if t.isascii() else _as_bytes_with_symbols(t)
-        parts.append(fold_tokens(t) if b is None else b)
-        ascii_mask.append(b is not None)
+        if b is None:
+            b = fold_tokens(t)
+            slow.append(i)
+        parts.append(b)
     lengths = np.fromiter((len(p) for p in parts), np.int64, len(parts))
     buf = np.frombuffer(b"\n".join(parts), np.uint8)  # "\n" is whitespace: no token crosses two texts
     seg_start = np.cumsum(lengths + 1) - lengths - 1
     cls = _BYTE_CLASS[buf]
-    if not all(ascii_mask):  # folded non-ASCII texts: tokens are already space-separated, cut at spaces only
-        non_ascii = np.repeat(~np.array(ascii_mask), lengths + 1)[: len(buf)]
-        cls[non_ascii & (cls != 0)] = 1
+    if slow:
+        in_slow = np.zeros(len(texts), bool)
+        in_slow[slow] = True
+        in_slow = np.repeat(in_slow, lengths + 1)[: len(buf)]
+        cls[in_slow & (cls != 0)] = 1
     change = np.flatnonzero(cls[1:] != cls[:-1]) + 1
     bounds = np.concatenate([[0], change, [len(buf)]])
     starts, ends = bounds[:-1], bounds[1:]
     keep = cls[starts] != 0 if len(buf) else np.zeros(len(starts), bool)
     starts, ends = starts[keep], ends[keep]
     doc = np.searchsorted(seg_start, starts, "right") - 1
-    return hash_spans(buf, starts, ends), doc
+    first = buf[starts]
+    is_word = cls[starts] == 1
+    if slow:  # byte classes say nothing there: ask the characters
+        for i in slow:
+            is_word[doc == i] = _slow_word_flags(parts[i])
+    label = np.where(is_word & ((ends - starts) == 1) & _LABEL_BYTES[first], first, 0).astype(np.uint8)
+    _last = TokenBatch(list(texts), hash_spans(buf, starts, ends), doc, is_word, label)
+    return _last
+
+
+def token_hashes_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(hash of every `fold_tokens` token of every text, text index of each token), in text order."""
+    b = token_batch(texts)
+    return b.hashes, b.doc
 
 
 # single-letter words a-h: what multiple-choice labels ("A)", "(b)", "C.") become after `fold_words`

@@ -185,3 +185,18 @@ def test_fast_paths_equal_the_documented_definitions(hub: Path):
         assert fold_tokens(t) == ref_tokens(t), t[:80]
     th, doc = token_hashes_batch(texts)
     assert np.array_equal(th, np.concatenate([word_hashes(ref_tokens(t)) for t in texts]))
+
+
+def test_word_tokens_are_the_fold_words_stream(hub: Path):
+    """Decontamination reads its words from the dedup token pass: they must be exactly `fold_words`, with the
+    multiple-choice label letters where `fold_words` has single-letter a-h words."""
+    from quality_mirror import iter_mirror_docs
+
+    from pipelines.text import token_batch, words_and_labels
+
+    texts = [t for _, _, t in iter_mirror_docs(hub)][::20][:800]
+    texts += ["A) x_1 (b) C. 'd' e", "Ωmega — naïve (é) a", "", "ＡＢＣ！ 𝔘nicode ٣"]
+    wh, doc, lab = token_batch(texts).words()
+    for i, t in enumerate(texts):
+        ref_wh, ref_lab = words_and_labels(fold_words(t))
+        assert np.array_equal(wh[doc == i], ref_wh) and np.array_equal(lab[doc == i], ref_lab), t[:80]
