@@ -145,7 +145,7 @@ class WriteShards(PipelineStep):
             "doc_id": plan["doc_id"], "shard": pa.array([path] * plan.num_rows, pa.string()),
             "row": pa.array(rows, pa.int64()), "start": plan["start"], "length": plan["length"],
             "copy": plan["copy"], "doc_start": plan["doc_start"],
-        }, schema=INDEX_SCHEMA)
+        }, schema=INDEX_SCHEMA).combine_chunks()  # one record batch: bytes independent of how the plan was read
         atomic_arrow(out_dir / index_name(i), index)
         covered = int(lengths.sum())
         shard_row = {"path": path, "n_rows": r1 - r0, "n_tokens": arr.size, "n_pad": arr.size - covered,
