@@ -4,7 +4,9 @@ A synthetic corpus of N short documents (random words, several JSONL files) with
 text under another id) and *near* copies (the same text with its last word changed: Jaccard of word 5-grams ~0.98),
 built with dedup on and `--workers 2`. Every planted copy must be dropped (`exact-dup` / `near-dup`) and nothing else.
 Each N runs in a fresh subprocess, so `ru_maxrss` of that process and of its children (datatrove's local workers)
-is the peak of this build alone; /proc is also sampled every 0.1 s for the largest live process.
+is the peak of this build alone; /proc is also sampled every 0.1 s for the largest live process, per stage (stages
+with one task and `--workers 1`-style pools run inside the build process itself, whose RSS includes what earlier
+stages left allocated; the sampled per-stage peak shows which stage set it).
 
 Targets (issue 10): peak RSS <= 2 GB at 5M documents, RSS(5M) <= 1.3 x RSS(0.5M), recall = precision = 1.
 
@@ -92,6 +94,7 @@ class RssSampler:
     def __init__(self, interval: float = 0.1):
         self.interval = interval
         self.peak = 0
+        self.stage_peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -111,13 +114,20 @@ class RssSampler:
             todo += children.get(pid, [])
         return out
 
+    def take(self) -> int:
+        """The peak since the last take (per-stage peaks)."""
+        peak, self.stage_peak = self.stage_peak, 0
+        return peak
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             for pid in self._tree():
                 try:
                     for line in open(f"/proc/{pid}/status"):
                         if line.startswith("VmRSS:"):
-                            self.peak = max(self.peak, int(line.split()[1]) * 1024)
+                            rss = int(line.split()[1]) * 1024
+                            self.peak = max(self.peak, rss)
+                            self.stage_peak = max(self.stage_peak, rss)
                 except OSError:
                     pass
             self._stop.wait(self.interval)
@@ -152,8 +162,10 @@ def run_one(n_docs: int, workers: int, keep: Path | None) -> dict:
         t_all = time.perf_counter()
         for stage, ex in zip(stages, executors):
             t0 = time.perf_counter()
+            sampler.take()
             ex.run()
-            per_stage.append({"stage": stage.name, "tasks": stage.tasks, "seconds": time.perf_counter() - t0})
+            per_stage.append({"stage": stage.name, "tasks": stage.tasks, "seconds": time.perf_counter() - t0,
+                              "peak_rss": sampler.take()})
         wall = time.perf_counter() - t_all
     self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
@@ -186,7 +198,9 @@ def report(r: dict) -> None:
           f"peak RSS of the largest process {gb:.2f} GB (self {r['rss_self'] / 2**30:.2f}, "
           f"children {r['rss_children'] / 2**30:.2f}, sampled {r['rss_sampled'] / 2**30:.2f})")
     for s in r["stages"]:
-        print(f"  {s['stage']:<14} {s['tasks']:>4} task(s) {s['seconds']:8.1f} s  {r['n_docs'] / s['seconds']:>10,.0f} docs/s")
+        rss = f"{s['peak_rss'] / 2**30:6.2f} GB" if "peak_rss" in s else ""
+        print(f"  {s['stage']:<14} {s['tasks']:>4} task(s) {s['seconds']:8.1f} s  {r['n_docs'] / s['seconds']:>10,.0f} "
+              f"docs/s  largest process {rss} (sampled)")
     print(f"  planted copies {r['planted']:,}: removed {r['caught']:,} (wrong reason {r['wrong_reason']}), "
           f"other documents removed: {r['false_drops']} {r['false_drop_examples']}")
 

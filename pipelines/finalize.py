@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from datatrove.pipeline.base import PipelineStep
 
 from pipelines import _logging  # noqa: F401  (quiet datatrove console in every worker)
-from pipelines.decisions import doc_key, read_decisions
+from pipelines.decisions import decisions_path, doc_key, read_decisions
 from pipelines.shards.format import SHARDS_DIR, TABLES
 from pipelines.stages import Stage
 from pipelines.steps import intermediate_paths
@@ -166,6 +166,8 @@ class ApplyDecisions(PipelineStep):
         n_copies = docs["n_copies"].to_numpy().astype(np.int32)
         doc_id = docs["doc_id"].to_numpy(zero_copy_only=False).astype(object)
         dup_of = np.full(n, -1, dtype=np.int64)
+        if not os.path.exists(decisions_path(lay.work_dir, rank)):  # every task gets one, even when empty
+            raise FileNotFoundError(f"{decisions_path(lay.work_dir, rank)}: the decisions stage did not run")
         dec = read_decisions(lay.work_dir, rank)
         if dec.num_rows:
             idx = dec["idx"].to_numpy()

@@ -35,6 +35,7 @@ from pipelines.finalize import StageBLayout, file_size
 from pipelines.shards.format import (
     ELIGIBLE_REASONS, FORMAT_VERSION, MANIFEST, SHARDS_DIR, TABLES, VIEWS, sha256_file, token_dtype,
 )
+from pipelines.shards.reader import connect
 
 if TYPE_CHECKING:
     from pipelines.build import BuildContext
@@ -42,15 +43,6 @@ if TYPE_CHECKING:
 __all__ = ["MANIFEST", "ELIGIBLE_REASONS", "connect", "recover_interrupted_swap", "swap_in", "WriteManifest"]
 
 DUCKDB_MEMORY_LIMIT = os.environ.get("MIDTRAIN_DUCKDB_MEMORY", "1GB")
-
-
-def connect(out: str | Path) -> duckdb.DuckDBPyConnection:
-    path = Path(out) / MANIFEST
-    if not path.exists():
-        hint = " (a build was interrupted while swapping: `verify` or the next build restores it)" \
-            if (Path(out) / (MANIFEST + ".prev")).exists() else ""
-        raise FileNotFoundError(f"no manifest at {path}: the build is missing or did not finish{hint}")
-    return duckdb.connect(str(path), read_only=True)
 
 
 def swap_in(out: Path) -> None:
