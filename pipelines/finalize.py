@@ -33,7 +33,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from pipelines import _logging  # noqa: F401  (quiet datatrove console in every worker)
 from pipelines.decisions import decisions_path, doc_key, read_decisions
-from pipelines.shards.format import SHARDS_DIR, TABLES
+from pipelines.shards.format import SHARDS_DIR, TABLES, token_dtype
 from pipelines.stages import Stage
 from pipelines.steps import intermediate_paths
 
@@ -90,6 +90,16 @@ def file_size(path: str) -> int | None:
         return int(fsspec.core.url_to_fs(path)[0].size(path))
     except Exception:  # size is informative only
         return None
+
+
+def parse_bytes(size: str) -> int:
+    """'1GB' / '512MB' -> bytes (DuckDB's memory_limit notation)."""
+    units = {"KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+    size = size.strip().upper().removesuffix("IB").removesuffix("B") + "B"
+    for unit, factor in units.items():
+        if size.endswith(unit):
+            return int(float(size[:-len(unit)]) * factor)
+    return int(size[:-1])
 
 
 def write_parquet(path: str, table: pa.Table, row_group_size: int | None = None) -> None:
@@ -233,7 +243,7 @@ class ApplyDecisions(PipelineStep):
 def stage_b_stages(ctx: BuildContext, decide: list[Stage] | None = None) -> list[Stage]:
     """The global stages of a build, in order. `decide` = the stages that write decisions files."""
     from pipelines.legacy_decide import legacy_decide_stages
-    from pipelines.manifest import WriteManifest
+    from pipelines.manifest import DUCKDB_MEMORY_LIMIT, WriteManifest
     from pipelines.packing import pack_stages
     from pipelines.shards.writer import WriteShards
 
@@ -243,8 +253,11 @@ def stage_b_stages(ctx: BuildContext, decide: list[Stage] | None = None) -> list
         stages.append(Stage("documents", [ApplyDecisions(ctx, lay)], lay.n_tasks,
                             description=f"apply decisions to {lay.n_tasks} files"))
         stages += pack_stages(ctx, lay)
+        # a writer holds one shard (+ mask) and that shard's plan segments (~60 B per segment)
+        shard_bytes = ctx.spec.shard_tokens * (token_dtype(ctx.vocab_size).itemsize + ctx.with_mask)
         stages.append(Stage("write_shards", [WriteShards(ctx, lay)], lay.n_writers,
-                            description=f"write shards ({lay.n_writers} tasks)"))
-    stages.append(Stage("manifest", [WriteManifest(ctx, lay)], 1, description="manifest and swap"))
+                            description=f"write shards ({lay.n_writers} tasks)", memory_bytes=2 * shard_bytes))
+    stages.append(Stage("manifest", [WriteManifest(ctx, lay)], 1, description="manifest and swap",
+                        memory_bytes=parse_bytes(DUCKDB_MEMORY_LIMIT) + (256 << 20)))
     return stages
 

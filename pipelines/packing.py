@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datatrove.pipeline.base import PipelineStep
 
-from pipelines.finalize import ITEM_SCHEMA, StageBLayout, read_json, write_json, write_parquet
+from pipelines.finalize import ITEM_SCHEMA, ITEMS_PER_PARTITION, StageBLayout, read_json, write_json, write_parquet
 from pipelines.stages import Stage
 
 if TYPE_CHECKING:
@@ -120,6 +120,7 @@ PLAN_SCHEMA = pa.schema([
 # Copies a packer did not place: `lost` copies of `key` (all of them: the document is dropped with `reason`).
 OUTCOME_SCHEMA = pa.schema([("key", pa.int64()), ("lost", pa.int32()), ("reason", pa.string())])
 PLAN_ROW_GROUP = 65536
+ITEM_BYTES = 200  # in memory per item while a partition is sorted and cut (arrow columns, sort indices, segments)
 
 
 def partition_bounds(n_partitions: int) -> list[int]:
@@ -271,9 +272,10 @@ def pack_stages(ctx: BuildContext, lay: StageBLayout) -> list[Stage]:
     if lay.concat:
         return [
             Stage("partition", [PartitionItems(lay)], lay.n_partitions,
-                  description=f"sort {lay.n_partitions} partition(s) of the global order"),
+                  description=f"sort {lay.n_partitions} partition(s) of the global order",
+                  memory_bytes=ITEMS_PER_PARTITION * ITEM_BYTES),
             Stage("cut_rows", [CutRows(lay, ctx.spec.seq_len, ctx.opts.max_tokens)], lay.n_partitions,
-                  description="cut rows"),
+                  description="cut rows", memory_bytes=ITEMS_PER_PARTITION * ITEM_BYTES),
         ]
     get_packer(ctx.spec.packing.get("mode", "concat"))  # an unknown mode fails before any stage runs
     return [Stage("pack", [GlobalPack(ctx, lay)], 1, description=f"pack ({ctx.spec.packing.get('mode')})")]

@@ -16,7 +16,7 @@ def documented() -> dict[str, list[str]]:
     """table or view name -> columns, from the manifest table of docs/FORMAT.md."""
     out = {}
     for line in (ROOT / "docs" / "FORMAT.md").read_text().splitlines():
-        m = re.match(r"\| (?:view )?`(\w+)` \| `([^`]+)`", line)
+        m = re.match(r"\| (?:view )?`(\w+)` \| [^`|]*`([^`]+)`", line)
         if m:
             out[m.group(1)] = [c.strip() for c in m.group(2).split(",")]
     return out

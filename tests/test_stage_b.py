@@ -185,3 +185,40 @@ def test_kill_inside_the_swap_is_restored(one_worker: Path, corpus: Path, tmp_pa
     assert not (out / "manifest.duckdb").exists()  # the window the swap keeps to a few renames
     assert verify_build(out) == []  # verify restores the previous build first
     assert hashes(out) == before and q(out, "SELECT seed FROM build") == [(3,)]
+
+
+def test_apply_decisions_reads_the_decisions_contract(tmp_path: Path):
+    """The global dedup stages' output format (pipelines.decisions) drives the documents part and the pack items."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datatrove.data import Document
+
+    from pipelines.decisions import doc_key, write_decisions
+    from pipelines.finalize import ApplyDecisions, StageBLayout
+    from pipelines.steps import FileTask, WriteIntermediate
+
+    work = tmp_path / "work"
+    task = FileTask(source="s", path="f.jsonl", display="f.jsonl", fmt="jsonl", text_key="text", id_key="id", sample=2.0)
+    docs = []
+    for i, n in enumerate((3, 5, 7)):
+        meta = {"source": "s", "file": "f.jsonl", "line": i + 1, "status": "kept", "reason": None, "detail": "",
+                "n_chars": n, "n_copies": 2, "url": None, "tokens": np.arange(n, dtype=np.uint32)}
+        docs.append(Document(text="x" * n, id=f"id{i}", metadata=meta))
+    list(WriteIntermediate(str(work / "docs"), [task], token_dtype="uint16").run(iter(docs), rank=0))
+    write_decisions(str(work), 0, pa.table({"idx": [1, 2], "reason": ["near-dup", None],
+                                            "duplicate_of": [doc_key(0, 0), None], "doc_id": [None, "id0@f:3"]}))
+    lay = StageBLayout(work_dir=str(work), out=str(tmp_path / "out"), n_tasks=1, n_partitions=1, n_writers=1,
+                       concat=True)
+    ctx = SimpleNamespace(seed=0, spec=SimpleNamespace(packing={}), sources=[{"source": "s"}])
+    ApplyDecisions(ctx, lay).run(rank=0)
+    part = pq.read_table(lay.part("documents", 0)).to_pylist()
+    assert [(d["doc_id"], d["status"], d["reason"], d["n_copies"], d["duplicate_of_key"]) for d in part] == [
+        ("id0", "kept", None, 2, None), ("id1", "dropped", "near-dup", 0, doc_key(0, 0)), ("id0@f:3", "kept", None, 2, None)]
+    items = pq.read_table(lay.part("items", 0))
+    assert sorted(zip(items["doc_id"].to_pylist(), items["copy"].to_pylist(), items["n_tokens"].to_pylist(),
+                      items["offset"].to_pylist())) == [("id0", 0, 3, 0), ("id0", 1, 3, 0),
+                                                        ("id0@f:3", 0, 7, 8), ("id0@f:3", 1, 7, 8)]
+    assert items["sort_key"].to_pylist() == sorted(items["sort_key"].to_pylist())
+    assert (work / "docs" / "00000.tokens.bin").stat().st_size == 2 * (3 + 5 + 7)  # uint16 intermediates
