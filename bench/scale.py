@@ -96,6 +96,7 @@ class RssSampler:
         self.interval = interval
         self.peak = 0
         self.stage_peak = 0
+        self.stage_peak_cmd = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -118,6 +119,7 @@ class RssSampler:
     def take(self) -> int:
         """The peak since the last take (per-stage peaks)."""
         peak, self.stage_peak = self.stage_peak, 0
+        self.last_cmd, self.stage_peak_cmd = self.stage_peak_cmd, ""
         return peak
 
     def _loop(self) -> None:
@@ -128,7 +130,9 @@ class RssSampler:
                         if line.startswith("VmRSS:"):
                             rss = int(line.split()[1]) * 1024
                             self.peak = max(self.peak, rss)
-                            self.stage_peak = max(self.stage_peak, rss)
+                            if rss > self.stage_peak:
+                                self.stage_peak = rss
+                                self.stage_peak_cmd = open(f"/proc/{pid}/cmdline").read().replace("\0", " ")[:120]
                 except OSError:
                     pass
             self._stop.wait(self.interval)
@@ -158,6 +162,8 @@ def run_one(n_docs: int, workers: int, keep: Path | None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     stages = plan_stages(ctx)
     executors = make_executors(stages, executor_options(ctx), os.path.join(ctx.work_dir, "logs"))
+    for ex in executors:  # run in order below; a forked stage must not relaunch its (already run) dependency
+        ex.depends = None
     per_stage = []
     with RssSampler() as sampler:
         t_all = time.perf_counter()
@@ -172,7 +178,7 @@ def run_one(n_docs: int, workers: int, keep: Path | None) -> dict:
             if child.exitcode:
                 raise RuntimeError(f"stage {stage.name} failed (exit {child.exitcode}); logs in {ctx.work_dir}/logs")
             per_stage.append({"stage": stage.name, "tasks": stage.tasks, "seconds": time.perf_counter() - t0,
-                              "peak_rss": sampler.take()})
+                              "peak_rss": sampler.take(), "peak_process": sampler.last_cmd})
         wall = time.perf_counter() - t_all
     self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
