@@ -3,8 +3,10 @@
 Stage A (one task per input file, parallel): read -> sample -> [decontaminate] -> [dedup signatures] -> tokenize ->
 write intermediates under OUT/work/<stage-A hash>/. datatrove's completion markers make a killed build resume: done
 files are skipped, a half-written file is redone (its outputs are only renamed into place when complete).
-Stage B (one task): global dedup, exclusion, packing, shard writing and the manifest. It always runs in full; its
-outputs are built under temporary names and swapped in, so the result is byte-identical to an uninterrupted build.
+Stage B (`pipelines.finalize.stage_b_stages`): global decisions (dedup, exclusion), packing, shard writing and the
+manifest as bounded datatrove stages. It always runs in full; new shards are written beside the previous build and
+swapped in with the manifest last (`pipelines.manifest.swap_in`), so the result is byte-identical to an
+uninterrupted build and a failed stage B leaves the previous build usable.
 """
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ from datatrove.pipeline.base import PipelineStep
 
 from pipelines.errors import OptionError, SpecError
 from pipelines.executors import EXECUTOR_KINDS, ExecutorOptions
+from pipelines.finalize import stage_b_stages
 from pipelines.input_state import input_changes, record_inputs, stage_a_code_version
 from pipelines.outlock import check_out_dir, out_lock
+from pipelines.shards.format import token_dtype
 from pipelines.sources import HF_PREFIX, resolve_source
 from pipelines.spec import MixtureSpec
 from pipelines.stages import Stage
@@ -93,18 +97,6 @@ def _sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("midtrain", "datatrove", "tokenizers", "pyarrow", "polars", "duckdb", "numpy", "datasketch", "nltk"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 def _display_uri(path: str, source_root: str | None) -> str:
     """Record files under their canonical hf:// URI when read through --source-root."""
     if source_root:
@@ -160,7 +152,8 @@ def prepare(spec: MixtureSpec, opts: BuildOptions) -> BuildContext:
     stage_a = {
         "tasks": [t.__dict__ for t in tasks], "tokenizer_sha256": _sha256_file(tokenizer_path), "eos": eos_id,
         "seed": seed, "strict": opts.strict, "decontaminate": spec.decontaminate, "dedup": spec.dedup,
-        "with_mask": with_mask, "pad": pad_id, "format_version": 2,  # 2: EOS/pad strings tokenized as text
+        # 3: EOS/pad strings tokenized as text, and uint16 intermediates when the vocabulary fits
+        "with_mask": with_mask, "pad": pad_id, "format_version": 3,
         "code": stage_a_code_version(),
     }  # tasks carry each file's identity (size/mtime/ETag): an input changed in place gets a fresh work dir
     stage_a_hash = hashlib.sha256(json.dumps(stage_a, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -187,7 +180,8 @@ def stage_a_pipeline(ctx: BuildContext) -> list[PipelineStep]:
         steps.append(DedupSignatureStep(DedupConfig.from_spec(ctx.spec.dedup)))
     steps += [
         Tokenize(ctx.tokenizer_path, ctx.eos_id, with_offsets=ctx.with_mask, pad_id=ctx.pad_id),
-        WriteIntermediate(os.path.join(ctx.work_dir, "docs"), ctx.tasks, with_mask=ctx.with_mask),
+        WriteIntermediate(os.path.join(ctx.work_dir, "docs"), ctx.tasks, with_mask=ctx.with_mask,
+                          token_dtype=token_dtype(ctx.vocab_size).name),
     ]
     return steps
 
@@ -199,31 +193,13 @@ def _decontam_config(ctx: BuildContext):
     return DecontamConfig.from_spec(ctx.spec.decontaminate, spec_dir)
 
 
-class PackAndWrite(PipelineStep):
-    """Stage B as a datatrove step (one task): global decisions, packing, shards and manifest."""
-
-    name = "📦 pack, write shards and manifest"
-    type = "💽 - WRITER"
-
-    def __init__(self, ctx: BuildContext):
-        super().__init__()
-        self.ctx = ctx
-
-    def run(self, data=None, rank: int = 0, world_size: int = 1):
-        from pipelines.finalize import finalize_build
-
-        finalize_build(self.ctx)
-        return iter(())
-
-
 def plan_stages(ctx: BuildContext) -> list[Stage]:
     """The stages of this build, in order: the per-file stage, then the global stages."""
     stages: list[Stage] = []
     if ctx.tasks:  # a mixture whose sources all matched nothing still gets its (empty) manifest
         stages.append(Stage("stage_a", stage_a_pipeline(ctx), len(ctx.tasks), kind="per-file",
                             description=f"read + tokenize {len(ctx.tasks)} files"))
-    stages.append(Stage("stage_b", [PackAndWrite(ctx)], 1, kind="global", description="pack and write shards"))
-    return stages
+    return stages + stage_b_stages(ctx)
 
 
 def executor_options(ctx: BuildContext) -> ExecutorOptions:
@@ -250,6 +226,9 @@ def build_mixture(spec: MixtureSpec, opts: BuildOptions) -> Path:
     """Run a whole build; returns the manifest path. Holds OUT/.lock throughout (one build per OUT at a time)."""
     opts.check()
     with out_lock(opts.out):
+        from pipelines.manifest import recover_interrupted_swap
+
+        recover_interrupted_swap(opts.out)  # a build killed inside the final swap is restored first
         ctx = prepare(spec, opts)
         identities = {t.display: t.identity for t in ctx.tasks}
         changes = input_changes(opts.out, identities)

@@ -1,184 +1,89 @@
-"""Stage B of a build: global decisions over all documents, packing, shard files and the manifest."""
+"""Stage B of a build as datatrove stages, each bounded by a task's share of the data (never by the corpus).
+
+    decide     global dedup / exclusion / doc-id repair -> decisions/NNNNN.parquet per stage-A task
+               (`pipelines.legacy_decide` until the global dedup stages land; same file format)
+    documents  one task per stage-A file: apply its decisions; write its manifest `documents` part, its
+               `contamination` part and its *pack items* (lengths only: key, copy, n_tokens, token offset, ...)
+    pack       concat: partition items by sort-key range (P tasks) -> prefix token offsets (1 task) -> cut each
+               partition into rows (P tasks). long / sft: one task over the items of all documents (lengths only).
+               Either way: plan parts (segments sorted by row) + outcomes (copies not placed, with a reason)
+    write      one task per block of shards: gather tokens from the memory-mapped stage-A intermediates, write
+               .npy (+ .mask.npy) + .idx.arrow into OUT/shards.next/, and the manifest parts of those shards
+    manifest   one task: DuckDB builds manifest.duckdb from the parts (out of core), then swaps the new shards and
+               manifest in (see `pipelines.manifest.swap_in`)
+
+Every file a stage writes is named by task rank and written atomically; a stage reads exactly the files the plan
+names, so stale files of an earlier run are never read. Task counts come from the size of the input, not from
+`--workers`; shard contents do not depend on them at all (rows are cut from one global order), so shards are
+byte-identical for any worker count or executor.
+"""
 from __future__ import annotations
 
-import datetime as dt
 import json
+import math
 import os
-import shutil
-from pathlib import Path
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
-import yaml
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from datatrove.pipeline.base import PipelineStep
 
-from pipelines.build import BuildContext, _sha256_file, _versions
-from pipelines.manifest import MANIFEST, connect, write_manifest
-from pipelines.packing import PackInput, PackResult, get_packer
+from pipelines import _logging  # noqa: F401  (quiet datatrove console in every worker)
+from pipelines.decisions import decisions_path, doc_key, read_decisions
+from pipelines.shards.format import SHARDS_DIR, TABLES, token_dtype
+from pipelines.stages import Stage
 from pipelines.steps import intermediate_paths
 
-SHARDS = "shards"
+if TYPE_CHECKING:
+    from pipelines.build import BuildContext
+
+ITEMS_PER_PARTITION = 2_000_000  # pack items one concat partition task sorts (~100 B each in memory)
+BYTES_PER_DOC_GUESS = 300  # input bytes per document, to size the partitions before anything is read
 
 
-def load_documents(ctx: BuildContext) -> pl.DataFrame:
-    """All stage-A rows in build order (spec source order, then file order, then line), with a global `key`."""
-    frames = []
-    for rank in range(len(ctx.tasks)):
-        docs_path = intermediate_paths(os.path.join(ctx.work_dir, "docs"), rank)[0]
-        frames.append(pl.read_parquet(docs_path).with_columns(pl.lit(rank, pl.Int32).alias("task")))
-    if not frames:
-        return pl.DataFrame(schema={"key": pl.Int64, "doc_id": pl.Utf8, "source": pl.Utf8, "file": pl.Utf8,
-                                    "line": pl.Int64, "n_chars": pl.Int64, "n_tokens": pl.Int64, "status": pl.Utf8,
-                                    "reason": pl.Utf8, "detail": pl.Utf8, "n_copies": pl.Int32, "offset": pl.Int64,
-                                    "task": pl.Int32, "duplicate_of": pl.Utf8})
-    docs = pl.concat(frames, how="diagonal_relaxed").with_row_index("key").with_columns(pl.col("key").cast(pl.Int64))
-    # doc ids must be unique inside a build: later repeats of an id get their whole file path and line appended
-    # (a file feeds one source, so file:line is unique; the base name alone repeats for a/part.jsonl, b/part.jsonl)
-    repeat = pl.col("doc_id").cum_count().over("doc_id") > 1
-    docs = docs.with_columns(
-        pl.when(repeat).then(pl.format("{}@{}:{}", "doc_id", "file", "line"))
-        .otherwise(pl.col("doc_id")).alias("doc_id"),
-        pl.lit(None, pl.Utf8).alias("duplicate_of"),
-    )
-    return docs
+@dataclass(frozen=True)
+class StageBLayout:
+    """Where stage B's intermediate files live, and how many tasks each stage has."""
+
+    work_dir: str  # the stage-A work dir (its decisions/ folder is the global dedup stages' output)
+    out: str
+    n_tasks: int  # stage-A tasks
+    n_partitions: int  # concat pack partitions
+    n_writers: int
+    concat: bool
+
+    @property
+    def root(self) -> str:
+        return os.path.join(self.work_dir, "stage_b")
+
+    def part(self, kind: str, rank: int, ext: str = "parquet") -> str:
+        return os.path.join(self.root, kind, f"{rank:05d}.{ext}")
+
+    @property
+    def n_plan_parts(self) -> int:
+        return self.n_partitions if self.concat else 1
+
+    @property
+    def next_shards(self) -> str:
+        """New shards are written here; `shards/` keeps the previous build until the swap."""
+        return os.path.join(self.out, SHARDS_DIR + ".next")
 
 
-def _drop(docs: pl.DataFrame, dropped: pl.DataFrame, with_dup: bool = False) -> pl.DataFrame:
-    """Mark `dropped` (key, reason[, duplicate_of]) as dropped in docs."""
-    if dropped.height == 0:
-        return docs
-    cols = ["key", pl.col("reason").alias("_reason")]
-    if with_dup:
-        cols.append(pl.col("duplicate_of").alias("_dup"))
-    docs = docs.join(dropped.select(cols), on="key", how="left")
-    hit = pl.col("_reason").is_not_null() & (pl.col("status") == "kept")
-    updates = [
-        pl.when(hit).then(pl.lit("dropped")).otherwise(pl.col("status")).alias("status"),
-        pl.when(hit).then(pl.col("_reason")).otherwise(pl.col("reason")).alias("reason"),
-        pl.when(hit).then(0).otherwise(pl.col("n_copies")).cast(pl.Int32).alias("n_copies"),
-    ]
-    if with_dup:
-        updates.append(pl.when(hit).then(pl.col("_dup")).otherwise(pl.col("duplicate_of")).alias("duplicate_of"))
-    return docs.with_columns(updates).drop(["_reason", "_dup"], strict=False)
+def plan_layout(ctx: BuildContext) -> StageBLayout:
+    """Task counts from the input size (+ at least --workers so a local run is parallel); outputs never depend
+    on them."""
+    total_bytes = sum(file_size(t.path) or 0 for t in ctx.tasks)
+    guess_docs = total_bytes // BYTES_PER_DOC_GUESS
+    partitions = max(ctx.opts.workers, math.ceil(guess_docs / ITEMS_PER_PARTITION), 1)
+    concat = ctx.spec.packing.get("mode", "concat") == "concat"
+    return StageBLayout(work_dir=ctx.work_dir, out=str(ctx.out), n_tasks=len(ctx.tasks),
+                        n_partitions=min(partitions, 4096), n_writers=min(partitions, 4096), concat=concat)
 
 
-def apply_exclusions(ctx: BuildContext, docs: pl.DataFrame) -> pl.DataFrame:
-    """Drop documents that another build (`--exclude OUT`) already placed in its shards."""
-    for other in ctx.opts.exclude:
-        con = connect(other)
-        used = pl.from_arrow(con.sql("SELECT DISTINCT doc_id FROM segments").to_arrow_table())
-        con.close()
-        hits = docs.filter(pl.col("status") == "kept").join(used, on="doc_id", how="semi")
-        docs = _drop(docs, hits.select("key", pl.lit("excluded").alias("reason")))
-    return docs
-
-
-def apply_dedup(ctx: BuildContext, docs: pl.DataFrame) -> pl.DataFrame:
-    if ctx.spec.dedup is None:
-        return docs
-    from pipelines.dedup import DedupConfig, find_duplicates
-
-    cfg = DedupConfig.from_spec(ctx.spec.dedup)
-    if cfg is None:
-        return docs
-    kept = docs.filter(pl.col("status") == "kept").select("key", "doc_id", "text_hash", "minhash", "url")
-    found = find_duplicates(kept, cfg)
-    return _drop(docs, found.select("key", "reason", "duplicate_of"), with_dup=True)
-
-
-def _gather_shard(seg: pl.DataFrame, r0: int, n_rows: int, seq_len: int, dtype, pad_id: int,
-                  tokens: list[np.ndarray], masks: list[np.ndarray] | None):
-    arr = np.full((n_rows, seq_len), pad_id, dtype=dtype)
-    mask = np.zeros((n_rows, seq_len), dtype=np.uint8) if masks is not None else None
-    cols = [seg[c].to_numpy() for c in ("task", "src", "row", "start", "length")]
-    for task, src, row, start, length in zip(*cols):
-        arr[row - r0, start:start + length] = tokens[task][src:src + length]
-        if mask is not None:
-            mask[row - r0, start:start + length] = masks[task][src:src + length]
-    return arr, mask
-
-
-def _atomic_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
-
-
-def write_shards(ctx: BuildContext, docs: pl.DataFrame, packed: PackResult, tmp_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Write shard .npy (+ .mask.npy) and per-shard Arrow indexes into tmp_dir; returns (segments, shards) tables."""
-    seq_len = ctx.spec.seq_len
-    dtype = np.uint16 if ctx.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
-    rows_per_shard = max(1, ctx.spec.shard_tokens // seq_len)
-    seg = packed.segments.join(docs.select("key", "doc_id", "task", "offset"), on="key", how="left")
-    seg = seg.with_columns(
-        (pl.col("row") // rows_per_shard).alias("shard_idx"),
-        (pl.col("offset") + pl.col("doc_start")).alias("src"),
-    ).sort("row", "start")
-    work = os.path.join(ctx.work_dir, "docs")
-    tokens = [np.memmap(intermediate_paths(work, r)[1], dtype=np.uint32, mode="r") if os.path.getsize(intermediate_paths(work, r)[1]) else np.zeros(0, np.uint32)
-              for r in range(len(ctx.tasks))]
-    masks = None
-    if ctx.with_mask:
-        masks = [np.memmap(intermediate_paths(work, r)[2], dtype=np.uint8, mode="r") if os.path.getsize(intermediate_paths(work, r)[2]) else np.zeros(0, np.uint8)
-                 for r in range(len(ctx.tasks))]
-    shard_rows, seg_tables = [], []
-    n_shards = -(-packed.n_rows // rows_per_shard)
-    from rich.progress import track
-
-    for i in track(range(n_shards), description=f"write {n_shards} shard(s)", disable=not ctx.opts.progress or n_shards < 2):
-        r0, r1 = i * rows_per_shard, min(packed.n_rows, (i + 1) * rows_per_shard)
-        part = seg.filter(pl.col("shard_idx") == i)
-        arr, mask = _gather_shard(part, r0, r1 - r0, seq_len, dtype, ctx.pad_id, tokens, masks)
-        rel = f"{SHARDS}/shard-{i:05d}.npy"
-        _atomic_npy(tmp_dir / Path(rel).name, arr)
-        if mask is not None:
-            _atomic_npy(tmp_dir / f"shard-{i:05d}.mask.npy", mask)
-        index = part.select(
-            "doc_id", pl.lit(rel).alias("shard"), (pl.col("row") - r0).alias("row"), "start", "length", "copy",
-            "doc_start")
-        with pa.OSFile(str(tmp_dir / f"shard-{i:05d}.idx.arrow.tmp"), "wb") as sink:
-            table = index.to_arrow()
-            with pa.ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table)
-        os.replace(tmp_dir / f"shard-{i:05d}.idx.arrow.tmp", tmp_dir / f"shard-{i:05d}.idx.arrow")
-        n_tok = arr.size
-        covered = int(part["length"].sum()) if part.height else 0
-        shard_rows.append({"path": rel, "n_rows": r1 - r0, "n_tokens": n_tok, "n_pad": n_tok - covered,
-                           "sha256": _sha256_file(tmp_dir / Path(rel).name)})
-        seg_tables.append(index)
-    segments = pl.concat(seg_tables) if seg_tables else pl.DataFrame(
-        schema={"doc_id": pl.Utf8, "shard": pl.Utf8, "row": pl.Int64, "start": pl.Int64, "length": pl.Int64,
-                "copy": pl.Int32, "doc_start": pl.Int64})
-    shards = pl.DataFrame(shard_rows, schema={"path": pl.Utf8, "n_rows": pl.Int64, "n_tokens": pl.Int64,
-                                              "n_pad": pl.Int64, "sha256": pl.Utf8})
-    return segments, shards
-
-
-def _contamination_table(docs: pl.DataFrame) -> pl.DataFrame:
-    schema = {"doc_id": pl.Utf8, "benchmark": pl.Utf8, "item_id": pl.Utf8, "n_matches": pl.Int64}
-    if "contamination" not in docs.columns:
-        return pl.DataFrame(schema=schema)
-    hits = docs.select("doc_id", "contamination").filter(pl.col("contamination").list.len() > 0)
-    if hits.height == 0:
-        return pl.DataFrame(schema=schema)
-    return hits.explode("contamination").unnest("contamination").select(list(schema)).cast(schema)
-
-
-def _files_table(ctx: BuildContext, docs: pl.DataFrame) -> pl.DataFrame:
-    per_file = docs.group_by("file", maintain_order=True).agg(
-        pl.col("source").first(), pl.len().alias("n_records"),
-        (pl.col("status") == "kept").sum().alias("n_kept"), (pl.col("status") == "dropped").sum().alias("n_dropped"))
-    sizes = pl.DataFrame({"file": [t.display for t in ctx.tasks], "source_": [t.source for t in ctx.tasks],
-                          "bytes": [_size(t.path) for t in ctx.tasks]})
-    # files with no records at all (empty files) are rows too
-    out = sizes.join(per_file, on="file", how="left").select(
-        pl.col("source_").alias("source"), "file", pl.col("n_records").fill_null(0).cast(pl.Int64),
-        pl.col("n_kept").fill_null(0).cast(pl.Int64), pl.col("n_dropped").fill_null(0).cast(pl.Int64), "bytes")
-    return out
-
-
-def _size(path: str) -> int | None:
+def file_size(path: str) -> int | None:
     try:
         import fsspec
 
@@ -187,53 +92,172 @@ def _size(path: str) -> int | None:
         return None
 
 
-def finalize_build(ctx: BuildContext) -> Path:
-    out = ctx.out
-    docs = load_documents(ctx)
-    docs = apply_exclusions(ctx, docs)
-    docs = apply_dedup(ctx, docs)
+def parse_bytes(size: str) -> int:
+    """'1GB' / '512MB' -> bytes (DuckDB's memory_limit notation)."""
+    units = {"KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+    size = size.strip().upper().removesuffix("IB").removesuffix("B") + "B"
+    for unit, factor in units.items():
+        if size.endswith(unit):
+            return int(float(size[:-len(unit)]) * factor)
+    return int(size[:-1])
 
-    kept = docs.filter(pl.col("status") == "kept")
-    packer = get_packer(ctx.spec.packing.get("mode", "concat"))
-    packed = packer(PackInput(
-        docs=kept, seq_len=ctx.spec.seq_len, seed=ctx.seed, max_tokens=ctx.opts.max_tokens,
-        options=ctx.spec.packing, source_options={s.name: s for s in ctx.spec.sources}))
-    docs = _drop(docs, packed.dropped)
-    if packed.copies is not None and packed.copies.height:
-        docs = docs.join(packed.copies.rename({"n_copies": "_c"}), on="key", how="left").with_columns(
-            pl.coalesce("_c", "n_copies").cast(pl.Int32).alias("n_copies")).drop("_c")
 
-    tmp_dir = out / f"{SHARDS}.partial"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
-    segments, shards = write_shards(ctx, docs, packed, tmp_dir)
+def write_parquet(path: str, table: pa.Table, row_group_size: int | None = None) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    pq.write_table(table, tmp, row_group_size=row_group_size)
+    os.replace(tmp, path)
 
-    sources = pl.DataFrame(ctx.sources).join(
-        docs.group_by("source").agg(pl.len().alias("n_docs")), on="source", how="left"
-    ).with_columns(pl.col("n_docs").fill_null(0).cast(pl.Int64)).select(
-        "source", "uri", "resolved", "sample", "n_files", "n_docs", "condition")
-    finished = dt.datetime.now(dt.timezone.utc)
-    started = dt.datetime.fromisoformat(ctx.started_at)
-    build = pl.DataFrame([{
-        "name": ctx.spec.name, "spec_yaml": yaml.safe_dump(ctx.spec.to_dict(), sort_keys=False),
-        "spec_hash": ctx.spec.spec_hash, "seed": ctx.seed, "seq_len": ctx.spec.seq_len,
-        "tokenizer": ctx.spec.tokenizer, "tokenizer_sha256": _sha256_file(ctx.tokenizer_path),
-        "eos_id": ctx.eos_id, "pad_id": ctx.pad_id, "vocab_size": ctx.vocab_size,
-        "dtype": "uint16" if ctx.vocab_size <= 65536 else "uint32", "rope_theta": ctx.spec.rope_theta,
-        "versions": json.dumps(_versions()), "started_at": ctx.started_at,
-        "finished_at": finished.isoformat(timespec="seconds"), "seconds": (finished - started).total_seconds(),
-        "max_tokens": ctx.opts.max_tokens, "executor": ctx.opts.executor, "workers": ctx.opts.workers,
-        "source_root": ctx.opts.source_root, "exclude": json.dumps(list(ctx.opts.exclude)),
-        "packing": json.dumps(ctx.spec.packing), "has_loss_mask": ctx.with_mask,
-    }])
-    documents = docs.select("doc_id", "source", "file", "line", "n_chars", "n_tokens", "status", "reason",
-                            "n_copies", "duplicate_of", "detail")
-    tables = {"documents": documents, "segments": segments, "shards": shards, "sources": sources,
-              "files": _files_table(ctx, docs), "build": build, "contamination": _contamination_table(docs)}
 
-    # swap the new shards in, then write the manifest last: a manifest that exists describes the shards beside it
-    (out / MANIFEST).unlink(missing_ok=True)
-    final = out / SHARDS
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp_dir, final)
-    return write_manifest(out, tables)
+def write_json(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+# Pack items: one row per document copy (concat) or per document (long / sft), lengths and addresses only.
+ITEM_SCHEMA = pa.schema([
+    ("sort_key", pa.uint64()),   # concat: position in the global shuffled order; else the key
+    ("key", pa.int64()),
+    ("copy", pa.int32()),        # concat: the copy; long / sft: -1 (n_copies says how many)
+    ("n_copies", pa.int32()),
+    ("n_tokens", pa.int64()),
+    ("offset", pa.int64()),      # first token of the document in its task's tokens file
+    ("source", pa.int32()),      # index into ctx.sources
+    ("doc_id", pa.string()),
+])
+
+# Per-task documents part: the manifest's `documents` columns before packing outcomes and survivor ids are joined.
+DOC_PART_COLUMNS = ("key", "doc_id", "source", "file", "line", "n_chars", "n_tokens", "status", "reason", "n_copies",
+                    "duplicate_of_key", "detail")
+
+
+def sort_keys(seed: int, keys: np.ndarray, copies: np.ndarray) -> np.ndarray:
+    """A uniform 64-bit position per (key, copy) from the seed (splitmix64): the global shuffled order."""
+    with np.errstate(over="ignore"):
+        x = (keys.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ (copies.astype(np.uint64) << np.uint64(40))
+        x ^= np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * np.uint64(0xD1B54A32D192ED03)
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
+
+
+class ApplyDecisions(PipelineStep):
+    """Task t: stage-A rows of file t + its decisions -> documents / contamination parts and pack items."""
+
+    name = "🧾 apply decisions"
+    type = "🔻 - FILTER"
+
+    def __init__(self, ctx: BuildContext, layout: StageBLayout):
+        super().__init__()
+        self.layout = layout
+        self.seed = ctx.seed
+        self.shuffle = bool(ctx.spec.packing.get("shuffle", True))
+        self.source_index = {s["source"]: i for i, s in enumerate(ctx.sources)}
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        lay = self.layout
+        cols = ["doc_id", "source", "file", "line", "n_chars", "n_tokens", "status", "reason", "detail", "n_copies",
+                "offset", "contamination"]
+        docs = pq.read_table(intermediate_paths(os.path.join(lay.work_dir, "docs"), rank)[0], columns=cols)
+        n = docs.num_rows
+        status = docs["status"].to_numpy(zero_copy_only=False).astype(object)
+        reason = docs["reason"].to_numpy(zero_copy_only=False).astype(object)
+        n_copies = docs["n_copies"].to_numpy().astype(np.int32)
+        doc_id = docs["doc_id"].to_numpy(zero_copy_only=False).astype(object)
+        dup_of = np.full(n, -1, dtype=np.int64)
+        if not os.path.exists(decisions_path(lay.work_dir, rank)):  # every task gets one, even when empty
+            raise FileNotFoundError(f"{decisions_path(lay.work_dir, rank)}: the decisions stage did not run")
+        dec = read_decisions(lay.work_dir, rank)
+        if dec.num_rows:
+            idx = dec["idx"].to_numpy()
+            d_reason = dec["reason"].to_pylist()
+            d_dup = dec["duplicate_of"].to_pylist()
+            d_id = dec["doc_id"].to_pylist()
+            for i, r, dup, new_id in zip(idx.tolist(), d_reason, d_dup, d_id):
+                if new_id is not None:
+                    doc_id[i] = new_id
+                if r is not None and status[i] == "kept":
+                    status[i], reason[i], n_copies[i] = "dropped", r, 0
+                    if dup is not None:
+                        dup_of[i] = dup
+        keys = doc_key(rank, 0) + np.arange(n, dtype=np.int64)
+        part = pa.table({
+            "key": keys, "doc_id": pa.array(doc_id, pa.string()), "source": docs["source"], "file": docs["file"],
+            "line": docs["line"], "n_chars": docs["n_chars"], "n_tokens": docs["n_tokens"],
+            "status": pa.array(status, pa.string()), "reason": pa.array(reason, pa.string()),
+            "n_copies": pa.array(n_copies, pa.int32()), "duplicate_of_key": pa.array(dup_of, pa.int64(), mask=dup_of < 0),
+            "detail": docs["detail"],
+        })
+        write_parquet(lay.part("documents", rank), part)
+        write_parquet(lay.part("contamination", rank), self._contamination(docs, part["doc_id"]))
+        write_parquet(lay.part("items", rank), self._items(docs, keys, doc_id, status, n_copies),
+                      row_group_size=65536)
+        self.stat_update("documents", value=n)
+        return iter(())
+
+    def _contamination(self, docs: pa.Table, doc_id: pa.ChunkedArray) -> pa.Table:
+        schema = TABLES["contamination"]
+        lists = docs["contamination"].combine_chunks()
+        lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
+        if lengths.sum() == 0:
+            return schema.empty_table()
+        parent = np.repeat(np.arange(len(lengths)), lengths)
+        flat = pc.list_flatten(lists)
+        return pa.table({"doc_id": doc_id.take(pa.array(parent)), "benchmark": flat.field("benchmark"),
+                         "item_id": flat.field("item_id"), "n_matches": flat.field("n_matches")}).cast(schema)
+
+    def _items(self, docs: pa.Table, keys: np.ndarray, doc_id: np.ndarray, status: np.ndarray,
+               n_copies: np.ndarray) -> pa.Table:
+        kept = np.nonzero((status == "kept") & (n_copies > 0))[0]
+        n_tok = docs["n_tokens"].to_numpy(zero_copy_only=False)[kept].astype(np.int64)
+        offset = docs["offset"].to_numpy()[kept].astype(np.int64)
+        src_names = docs["source"].to_numpy(zero_copy_only=False)[kept]
+        source = np.array([self.source_index[s] for s in src_names], dtype=np.int32)
+        ids = doc_id[kept]
+        copies = n_copies[kept].astype(np.int64)
+        if not self.layout.concat:  # long / sft packers take one row per document
+            cols = {"sort_key": keys[kept].astype(np.uint64), "key": keys[kept], "copy": np.full(len(kept), -1),
+                    "n_copies": copies, "n_tokens": n_tok, "offset": offset, "source": source, "doc_id": ids}
+            return pa.table(cols, schema=ITEM_SCHEMA)
+        rep = np.repeat(np.arange(len(kept)), copies)
+        copy = np.arange(len(rep)) - np.repeat(np.cumsum(copies) - copies, copies)
+        k = keys[kept][rep]
+        sk = sort_keys(self.seed, k, copy) if self.shuffle else k.astype(np.uint64)
+        cols = {"sort_key": sk, "key": k, "copy": copy, "n_copies": copies[rep], "n_tokens": n_tok[rep],
+                "offset": offset[rep], "source": source[rep], "doc_id": ids[rep]}
+        table = pa.table(cols, schema=ITEM_SCHEMA)
+        return table.sort_by([("sort_key", "ascending"), ("key", "ascending"), ("copy", "ascending")])
+
+
+def stage_b_stages(ctx: BuildContext, decide: list[Stage] | None = None) -> list[Stage]:
+    """The global stages of a build, in order. `decide` = the stages that write decisions files."""
+    from pipelines.legacy_decide import legacy_decide_stages
+    from pipelines.manifest import DUCKDB_MEMORY_LIMIT, WriteManifest
+    from pipelines.packing import pack_stages
+    from pipelines.shards.writer import WriteShards
+
+    lay = plan_layout(ctx)
+    stages = list(decide) if decide is not None else legacy_decide_stages(ctx)
+    if lay.n_tasks:
+        stages.append(Stage("documents", [ApplyDecisions(ctx, lay)], lay.n_tasks,
+                            description=f"apply decisions to {lay.n_tasks} files"))
+        stages += pack_stages(ctx, lay)
+        # a writer holds one shard (+ mask) and that shard's plan segments (~60 B per segment)
+        shard_bytes = ctx.spec.shard_tokens * (token_dtype(ctx.vocab_size).itemsize + ctx.with_mask)
+        stages.append(Stage("write_shards", [WriteShards(ctx, lay)], lay.n_writers,
+                            description=f"write shards ({lay.n_writers} tasks)", memory_bytes=2 * shard_bytes))
+    stages.append(Stage("manifest", [WriteManifest(ctx, lay)], 1, description="manifest and swap",
+                        memory_bytes=parse_bytes(DUCKDB_MEMORY_LIMIT) + (256 << 20)))
+    return stages
+

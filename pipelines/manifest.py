@@ -1,74 +1,241 @@
 """The DuckDB manifest of a build: what went in, what was dropped and why, what every shard holds.
 
-Table and column names are a public interface (docs/FORMAT.md). The file is written under a temporary name and
-renamed into place, so a manifest that exists is always complete.
+Table, view and column names are a public interface (`pipelines.shards.format`, docs/FORMAT.md). The last stage of
+a build (`WriteManifest`, one task) creates the tables from the Parquet parts the other stages wrote, inside DuckDB
+(streamed, out of core, under `memory_limit`), under a temporary name; then `swap_in` puts the new shards and
+manifest in place of the previous ones:
+
+    1. manifest.duckdb -> manifest.duckdb.prev      (from here until 4 no manifest.duckdb exists)
+    2. shards/         -> shards.prev/
+    3. shards.next/    -> shards/
+    4. manifest.duckdb.tmp -> manifest.duckdb        (the new build is complete)
+    5. remove shards.prev/ and manifest.duckdb.prev
+
+Every step is a rename, so the window without a manifest is a few syscalls; a build killed inside it is restored
+by `recover_interrupted_swap` (run at the start of every build and by `verify`): before step 4 it puts the previous
+shards and manifest back, after it only removes the leftovers. A build that fails anywhere before step 1 never
+touched the previous build.
 """
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
+import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
-import polars as pl
+import pyarrow as pa
+import yaml
+from datatrove.pipeline.base import PipelineStep
 
-MANIFEST = "manifest.duckdb"
-
-# Reasons that mean "the document was fine but not (fully) used" — it still counts toward a source's available data
-# when computing epochs.
-ELIGIBLE_REASONS = ("sampled-out", "max-tokens", "excluded")
-
-COMPOSITION_VIEW = f"""
-CREATE VIEW composition AS
-WITH written AS (
-    SELECT d.source, count(DISTINCT s.doc_id) AS n_docs, sum(s.length)::BIGINT AS n_tokens
-    FROM segments s JOIN documents d USING (doc_id)
-    GROUP BY d.source
-), rate AS (  -- tokens per char of the source's tokenized docs, to size the untokenized (sampled-out) ones
-    SELECT source,
-           sum(n_tokens) FILTER (WHERE n_tokens IS NOT NULL)::DOUBLE
-             / nullif(sum(n_chars) FILTER (WHERE n_tokens IS NOT NULL), 0) AS tokens_per_char,
-           sum(n_chars) FILTER (WHERE status = 'kept' OR reason IN {ELIGIBLE_REASONS!r}) AS eligible_chars
-    FROM documents GROUP BY source
+from pipelines import _logging  # noqa: F401  (quiet datatrove console in every worker)
+from pipelines.finalize import StageBLayout, file_size
+from pipelines.shards.format import (
+    ELIGIBLE_REASONS, FORMAT_VERSION, MANIFEST, SHARDS_DIR, TABLES, VIEWS, sha256_file, token_dtype,
 )
-SELECT src.source,
-       coalesce(w.n_docs, 0)::BIGINT AS n_docs,
-       coalesce(w.n_tokens, 0)::BIGINT AS n_tokens,
-       coalesce(w.n_tokens, 0) / nullif((SELECT sum(length) FROM segments), 0)::DOUBLE AS share,
-       w.n_tokens / nullif(r.eligible_chars * r.tokens_per_char, 0) AS epochs
-FROM sources src
-LEFT JOIN written w USING (source)
-LEFT JOIN rate r USING (source)
-ORDER BY n_tokens DESC, src.source
-"""
+from pipelines.shards.reader import connect
 
-# More views (SQL) that packers register on import, e.g. the long-context `padding` view.
-EXTRA_VIEWS: list[str] = []
+if TYPE_CHECKING:
+    from pipelines.build import BuildContext
+
+__all__ = ["MANIFEST", "ELIGIBLE_REASONS", "connect", "recover_interrupted_swap", "swap_in", "WriteManifest"]
+
+DUCKDB_MEMORY_LIMIT = os.environ.get("MIDTRAIN_DUCKDB_MEMORY", "1GB")
 
 
-def write_manifest(out: Path, tables: dict[str, pl.DataFrame]) -> Path:
-    """Write all tables + the composition view to OUT/manifest.duckdb atomically."""
-    final = out / MANIFEST
-    tmp = out / (MANIFEST + ".tmp")
-    for p in (tmp, Path(str(tmp) + ".wal")):
-        p.unlink(missing_ok=True)
-    con = duckdb.connect(str(tmp))
-    try:
-        for name, df in tables.items():
-            con.register("_df", df.to_arrow())
-            con.execute(f"CREATE TABLE {name} AS SELECT * FROM _df")
-            con.unregister("_df")
-        con.execute(COMPOSITION_VIEW)
-        for view in EXTRA_VIEWS:
-            con.execute(view)
-        con.execute("CHECKPOINT")
-    finally:
-        con.close()
-    os.replace(tmp, final)
-    return final
+def swap_in(out: Path) -> None:
+    """Replace the previous build (if any) by OUT/shards.next + OUT/manifest.duckdb.tmp (see the module doc)."""
+    manifest, prev_manifest, tmp_manifest = out / MANIFEST, out / (MANIFEST + ".prev"), out / (MANIFEST + ".tmp")
+    shards, prev_shards, next_shards = out / SHARDS_DIR, out / (SHARDS_DIR + ".prev"), out / (SHARDS_DIR + ".next")
+    if manifest.exists():
+        os.replace(manifest, prev_manifest)
+    if shards.exists():
+        shutil.rmtree(prev_shards, ignore_errors=True)
+        os.replace(shards, prev_shards)
+    os.replace(next_shards, shards)
+    os.replace(tmp_manifest, manifest)
+    shutil.rmtree(prev_shards, ignore_errors=True)
+    prev_manifest.unlink(missing_ok=True)
 
 
-def connect(out: str | Path) -> duckdb.DuckDBPyConnection:
-    path = Path(out) / MANIFEST
-    if not path.exists():
-        raise FileNotFoundError(f"no manifest at {path}: the build is missing or did not finish")
-    return duckdb.connect(str(path), read_only=True)
+def recover_interrupted_swap(out: str | Path) -> str | None:
+    """Finish or roll back a swap that a killed build left half-done; returns what was done (None: nothing)."""
+    out = Path(out)
+    manifest, prev_manifest = out / MANIFEST, out / (MANIFEST + ".prev")
+    shards, prev_shards, next_shards = out / SHARDS_DIR, out / (SHARDS_DIR + ".prev"), out / (SHARDS_DIR + ".next")
+    if manifest.exists():  # the swap got to step 4 (or never started): only leftovers to remove
+        if not prev_manifest.exists() and not prev_shards.exists():
+            return None
+        shutil.rmtree(prev_shards, ignore_errors=True)
+        prev_manifest.unlink(missing_ok=True)
+        return "removed the previous build left over by an interrupted swap"
+    if not prev_manifest.exists():
+        return None
+    if prev_shards.exists():  # steps 2-3 happened: put the previous shards back
+        if shards.exists():
+            shutil.rmtree(next_shards, ignore_errors=True)
+            os.replace(shards, next_shards)
+        os.replace(prev_shards, shards)
+    os.replace(prev_manifest, manifest)
+    return "restored the previous build (a build was interrupted while swapping its shards in)"
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("midtrain", "datatrove", "tokenizers", "pyarrow", "polars", "duckdb", "numpy", "datasketch", "nltk"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _files(paths: list[str]) -> str:
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+
+
+class WriteManifest(PipelineStep):
+    """Build manifest.duckdb from the parts of every stage, then swap the new build in."""
+
+    name = "🗂️ manifest"
+    type = "💽 - WRITER"
+
+    def __init__(self, ctx: BuildContext, lay: StageBLayout):
+        super().__init__()
+        self.ctx = ctx
+        self.lay = lay
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        out = self.ctx.out
+        recover_interrupted_swap(out)
+        tmp = out / (MANIFEST + ".tmp")
+        for p in (tmp, Path(str(tmp) + ".wal")):
+            p.unlink(missing_ok=True)
+        con = duckdb.connect(str(tmp))
+        try:
+            spill = os.path.join(self.lay.root, "duckdb-spill")
+            con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'; SET temp_directory = '{spill}'; "
+                        "SET preserve_insertion_order = true")
+            self._tables(con)
+            for view in VIEWS.values():
+                con.execute(view)
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        next_shards = Path(self.lay.next_shards)
+        next_shards.mkdir(parents=True, exist_ok=True)
+        self._remove_strays(next_shards)
+        swap_in(out)
+        return iter(())
+
+    def _remove_strays(self, next_shards: Path) -> None:
+        """Files of an earlier, failed run that this build did not write (e.g. it had more shards)."""
+        con = duckdb.connect(str(self.ctx.out / (MANIFEST + ".tmp")), read_only=True)
+        try:
+            listed = {Path(p).name for p, in con.execute("SELECT path FROM shards").fetchall()}
+        finally:
+            con.close()
+        keep = set()
+        for name in listed:
+            stem = name.removesuffix(".npy")
+            keep |= {name, stem + ".idx.arrow", stem + ".mask.npy"}
+        for f in next_shards.iterdir():
+            if f.name not in keep:
+                f.unlink()
+
+    def _create(self, con, name: str, files: list[str], select: str) -> None:
+        """CREATE TABLE name AS <select over read_parquet(files)>, or an empty table of the format's schema."""
+        existing = [f for f in files if os.path.exists(f)]
+        if len(existing) != len(files):
+            missing = sorted(set(files) - set(existing))[:3]
+            raise FileNotFoundError(f"stage-B parts missing (did an earlier stage fail?): {missing}")
+        if not files:
+            empty = TABLES[name].empty_table()
+            con.register("empty_table", empty)
+            con.execute(f"CREATE TABLE {name} AS SELECT * FROM empty_table")
+            con.unregister("empty_table")
+            return
+        con.execute(f"CREATE TABLE {name} AS " + select.replace("PARTS", f"read_parquet({_files(files)})"))
+
+    def _tables(self, con) -> None:
+        ctx, lay = self.ctx, self.lay
+        docs = [lay.part("documents", t) for t in range(lay.n_tasks)]
+        outcomes = [lay.part("outcomes", k) for k in range(lay.n_plan_parts)] if lay.n_tasks else []
+        written = lambda kind: [lay.part("written", w, f"{kind}.parquet") for w in range(lay.n_writers)] \
+            if lay.n_tasks else []  # noqa: E731
+        if outcomes:
+            con.execute(f"CREATE TEMP TABLE outcome AS SELECT key, sum(lost)::INTEGER AS lost, min(reason) AS reason "
+                        f"FROM read_parquet({_files(outcomes)}) GROUP BY key")
+        else:
+            con.execute("CREATE TEMP TABLE outcome (key BIGINT, lost INTEGER, reason VARCHAR)")
+        # a copy the packer could not place lowers n_copies; a document with none left is dropped with its reason
+        self._create(con, "documents", docs, """
+            WITH d AS (SELECT * FROM PARTS)
+            SELECT d.doc_id, d.source, d.file, d.line, d.n_chars, d.n_tokens,
+                   CASE WHEN d.status = 'kept' AND d.n_copies <= coalesce(o.lost, 0) THEN 'dropped' ELSE d.status END
+                     AS status,
+                   CASE WHEN d.status = 'kept' AND d.n_copies <= coalesce(o.lost, 0) THEN o.reason ELSE d.reason END
+                     AS reason,
+                   (CASE WHEN d.status = 'kept' THEN greatest(d.n_copies - coalesce(o.lost, 0), 0)
+                    ELSE d.n_copies END)::INTEGER AS n_copies,
+                   s.doc_id AS duplicate_of, d.detail, d.key
+            FROM d LEFT JOIN outcome o ON o.key = d.key
+            LEFT JOIN (SELECT key AS survivor, doc_id FROM d WHERE key IN (SELECT duplicate_of_key FROM d)) s
+              ON s.survivor = d.duplicate_of_key
+            ORDER BY d.key""")
+        self._create(con, "segments", written("segments"), "SELECT * FROM PARTS")
+        self._create(con, "shards", written("shards"), "SELECT * FROM PARTS")
+        self._create(con, "shard_sources", written("sources"), "SELECT * FROM PARTS")
+        self._create(con, "contamination", [lay.part("contamination", t) for t in range(lay.n_tasks)],
+                     "SELECT * FROM PARTS")
+        task_rows = [{"task": i, "source": t.source, "file": t.display, "bytes": file_size(t.path)}
+                     for i, t in enumerate(ctx.tasks)]
+        con.register("tasks_in", pa.Table.from_pylist(task_rows, schema=pa.schema(
+            [("task", pa.int64()), ("source", pa.string()), ("file", pa.string()), ("bytes", pa.int64())])))
+        con.execute("""
+            CREATE TABLE files AS
+            WITH per_task AS (
+                SELECT key >> 32 AS task, count(*) AS n_records, count(*) FILTER (WHERE status = 'kept') AS n_kept,
+                       count(*) FILTER (WHERE status = 'dropped') AS n_dropped
+                FROM documents GROUP BY ALL)
+            SELECT t.source, t.file, coalesce(p.n_records, 0)::BIGINT AS n_records,
+                   coalesce(p.n_kept, 0)::BIGINT AS n_kept, coalesce(p.n_dropped, 0)::BIGINT AS n_dropped, t.bytes
+            FROM tasks_in t LEFT JOIN per_task p USING (task) ORDER BY t.task""")
+        con.register("sources_in", pa.Table.from_pylist(
+            [{k: s[k] for k in ("source", "uri", "resolved", "sample", "n_files", "condition")} for s in ctx.sources],
+            schema=pa.schema([("source", pa.string()), ("uri", pa.string()), ("resolved", pa.string()),
+                              ("sample", pa.float64()), ("n_files", pa.int64()), ("condition", pa.string())])))
+        con.execute("""
+            CREATE TABLE sources AS
+            SELECT s.source, s.uri, s.resolved, s.sample, s.n_files, coalesce(n.n_docs, 0)::BIGINT AS n_docs,
+                   s.condition
+            FROM sources_in s LEFT JOIN (SELECT source, count(*) AS n_docs FROM documents GROUP BY source) n
+              USING (source)""")
+        con.register("build_in", pa.Table.from_pylist([self._build_row()], schema=TABLES["build"]))
+        con.execute("CREATE TABLE build AS SELECT * FROM build_in")
+        for name in ("tasks_in", "sources_in", "build_in"):
+            con.unregister(name)
+        con.execute("DROP TABLE outcome")
+
+    def _build_row(self) -> dict:
+        ctx = self.ctx
+        finished = dt.datetime.now(dt.timezone.utc)
+        started = dt.datetime.fromisoformat(ctx.started_at)
+        return {
+            "name": ctx.spec.name, "spec_yaml": yaml.safe_dump(ctx.spec.to_dict(), sort_keys=False),
+            "spec_hash": ctx.spec.spec_hash, "seed": ctx.seed, "seq_len": ctx.spec.seq_len,
+            "tokenizer": ctx.spec.tokenizer, "tokenizer_sha256": sha256_file(ctx.tokenizer_path),
+            "eos_id": ctx.eos_id, "pad_id": ctx.pad_id, "vocab_size": ctx.vocab_size,
+            "dtype": token_dtype(ctx.vocab_size).name, "rope_theta": ctx.spec.rope_theta,
+            "versions": json.dumps(versions()), "started_at": ctx.started_at,
+            "finished_at": finished.isoformat(timespec="seconds"), "seconds": (finished - started).total_seconds(),
+            "max_tokens": ctx.opts.max_tokens, "executor": ctx.opts.executor, "workers": ctx.opts.workers,
+            "source_root": ctx.opts.source_root, "exclude": json.dumps(list(ctx.opts.exclude)),
+            "packing": json.dumps(ctx.spec.packing), "has_loss_mask": ctx.with_mask,
+            "format_version": FORMAT_VERSION,
+        }
+

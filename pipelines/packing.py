@@ -4,16 +4,31 @@ A packer sees the table of kept documents (one row per doc, with `n_copies`) and
 documents placed in global rows — plus the documents it decided not to place (with a reason). The shard writer
 then gathers the tokens; positions of a row that no segment covers are filled with the pad id.
 
-Packers are registered by name and selected with the spec's `packing: {mode: NAME, ...}`. Other packers (long
-context, SFT) live beside the builder and register themselves with `@register_packer`.
+Packers are selected with the spec's `packing: {mode: NAME, ...}`. `concat` (the pretraining packer) runs as
+bounded, partitioned datatrove steps (`pack_stages`): whatever sees all documents sees only their lengths, in
+partitions of the global shuffled order. The long-context and SFT packers (`pipelines.longctx.packing`, listed in
+`get_packer`; more with `@register_packer`) are per-source algorithms over lengths and run as one task over the pack
+items of all kept documents (~50 B each: key, copy, length, offset, source, doc_id) -- O(kept documents) in one
+process, but never their text or dedup keys.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from datatrove.pipeline.base import PipelineStep
+
+from pipelines.finalize import ITEM_SCHEMA, ITEMS_PER_PARTITION, StageBLayout, read_json, write_json, write_parquet
+from pipelines.stages import Stage
+
+if TYPE_CHECKING:
+    from pipelines.build import BuildContext
 
 
 @dataclass
@@ -50,17 +65,13 @@ def register_packer(name: str):
 
 
 def get_packer(mode: str) -> Callable[[PackInput], PackResult]:
-    if mode not in PACKERS:
-        # packers defined outside this module register on import
-        import importlib
+    """The whole-build packer of a mode other than `concat` (which runs partitioned, see `pack_stages`)."""
+    if mode in ("long", "sft"):
+        from pipelines.longctx.packing import pack_long, pack_sft
 
-        for module in ("pipelines.longctx.packing",):
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError:
-                pass
+        return {"long": pack_long, "sft": pack_sft}[mode]
     if mode not in PACKERS:
-        raise ValueError(f"unknown packing mode {mode!r}; available: {sorted(PACKERS)}")
+        raise ValueError(f"unknown packing mode {mode!r}; available: {sorted({'concat', 'long', 'sft', *PACKERS})}")
     return PACKERS[mode]
 
 
@@ -78,9 +89,10 @@ def expand_copies(docs: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def cut_into_rows(keys: np.ndarray, copies: np.ndarray, lengths: np.ndarray, seq_len: int,
-                  row_offset: int = 0) -> tuple[pl.DataFrame, int]:
-    """Concatenate the given pieces in order and cut every seq_len tokens; one segment per (piece, row) touched."""
-    ends = np.cumsum(lengths)
+                  row_offset: int = 0, token_offset: int = 0) -> tuple[pl.DataFrame, int]:
+    """Concatenate the given pieces in order (the first at global token `token_offset`) and cut every seq_len
+    tokens; one segment per (piece, row) touched. Rows are global; the count returned covers rows from 0."""
+    ends = np.cumsum(lengths) + token_offset
     begins = ends - lengths
     first = begins // seq_len
     last = (ends - 1) // seq_len
@@ -90,7 +102,7 @@ def cut_into_rows(keys: np.ndarray, copies: np.ndarray, lengths: np.ndarray, seq
     row = first[idx] + seg_in_piece
     seg_begin = np.maximum(begins[idx], row * seq_len)
     seg_end = np.minimum(ends[idx], (row + 1) * seq_len)
-    total = int(ends[-1]) if len(ends) else 0
+    total = int(ends[-1]) if len(ends) else token_offset
     segments = pl.DataFrame({
         "key": keys[idx].astype(np.int64), "copy": copies[idx].astype(np.int32),
         "doc_start": (seg_begin - begins[idx]).astype(np.int64), "row": (row + row_offset).astype(np.int64),
@@ -99,37 +111,179 @@ def cut_into_rows(keys: np.ndarray, copies: np.ndarray, lengths: np.ndarray, seq
     return segments, -(-total // seq_len)
 
 
-def cap_tokens(keys: np.ndarray, copies: np.ndarray, lengths: np.ndarray, max_tokens: int | None):
-    """Keep whole doc copies, in order, while the running total stays within max_tokens."""
-    if max_tokens is None:
-        return keys, copies, lengths, np.zeros(0, dtype=np.int64)
-    keep = np.cumsum(lengths) <= max_tokens
-    return keys[keep], copies[keep], lengths[keep], keys[~keep]
+# A plan part: the segments of a range of rows, sorted by (row, start), with where to read their tokens.
+PLAN_SCHEMA = pa.schema([
+    ("key", pa.int64()), ("copy", pa.int32()), ("doc_start", pa.int64()), ("row", pa.int64()),
+    ("start", pa.int64()), ("length", pa.int64()), ("doc_id", pa.string()), ("source", pa.int32()),
+    ("src", pa.int64()),  # first token of the segment in its task's tokens file
+])
+# Copies a packer did not place: `lost` copies of `key` (all of them: the document is dropped with `reason`).
+OUTCOME_SCHEMA = pa.schema([("key", pa.int64()), ("lost", pa.int32()), ("reason", pa.string())])
+PLAN_ROW_GROUP = 65536
+ITEM_BYTES = 200  # in memory per item while a partition is sorted and cut (arrow columns, sort indices, segments)
 
 
-def summarise_capped(docs: pl.DataFrame, kept_keys: np.ndarray, capped_keys: np.ndarray) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-    """Docs with no copy left after a token cap are dropped (`max-tokens`); others may keep fewer copies."""
-    if len(capped_keys) == 0:
-        return pl.DataFrame(schema=DROPPED_SCHEMA), None
-    written = pl.DataFrame({"key": kept_keys.astype(np.int64)}).group_by("key").len("n_copies")
-    placed = set(written["key"].to_list())
-    dropped_keys = sorted(set(capped_keys.tolist()) - placed)
-    dropped = pl.DataFrame({"key": dropped_keys, "reason": ["max-tokens"] * len(dropped_keys)}, schema=DROPPED_SCHEMA)
-    copies = written.join(docs.select("key", pl.col("n_copies").alias("asked")), on="key")
-    copies = copies.filter(pl.col("n_copies") != pl.col("asked")).select("key", pl.col("n_copies").cast(pl.Int32))
-    return dropped, copies
+def partition_bounds(n_partitions: int) -> list[int]:
+    """Sort-key range [b[k], b[k+1]) of partition k: equal slices of the 64-bit space."""
+    return [(k << 64) // n_partitions for k in range(n_partitions)] + [1 << 64]
 
 
-@register_packer("concat")
-def pack_concat(inp: PackInput) -> PackResult:
-    """Pretraining packing: shuffle doc copies by seed, concatenate, cut every seq_len tokens (OLMo/Instella style).
+def read_items(lay: StageBLayout, lo: int | None = None, hi: int | None = None) -> pa.Table:
+    """Pack items of every stage-A task, optionally only sort keys in [lo, hi) (row groups outside are skipped)."""
+    filters = None
+    if lo is not None:
+        filters = [("sort_key", ">=", pa.scalar(lo, pa.uint64()))]
+        if hi < (1 << 64):
+            filters.append(("sort_key", "<", pa.scalar(hi, pa.uint64())))
+    tables = [pq.read_table(lay.part("items", t), filters=filters, schema=ITEM_SCHEMA) for t in range(lay.n_tasks)]
+    return pa.concat_tables(tables) if tables else ITEM_SCHEMA.empty_table()
 
-    Only the very last row of a build can be short; it is padded to seq_len with the pad id.
-    """
-    keys, copies, lengths = expand_copies(inp.docs)
-    order = np.random.default_rng(inp.seed).permutation(len(keys)) if inp.options.get("shuffle", True) else np.arange(len(keys))
-    keys, copies, lengths = keys[order], copies[order], lengths[order]
-    keys, copies, lengths, capped = cap_tokens(keys, copies, lengths, inp.max_tokens)
-    segments, n_rows = cut_into_rows(keys, copies, lengths, inp.seq_len)
-    dropped, new_copies = summarise_capped(inp.docs, keys, capped)
-    return PackResult(segments=segments, n_rows=n_rows, dropped=dropped, copies=new_copies)
+
+class PartitionItems(PipelineStep):
+    """Partition k: the pack items whose sort key falls in its range, in global order; their token total."""
+
+    name = "🔀 sort a partition of the global order"
+    type = "🔢 - TOKENIZER"
+
+    def __init__(self, lay: StageBLayout):
+        super().__init__()
+        self.lay = lay
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        b = partition_bounds(self.lay.n_partitions)
+        items = read_items(self.lay, b[rank], b[rank + 1])
+        items = items.sort_by([("sort_key", "ascending"), ("key", "ascending"), ("copy", "ascending")])
+        write_parquet(self.lay.part("partitions", rank), items, row_group_size=PLAN_ROW_GROUP)
+        write_json(self.lay.part("partitions", rank, "json"),
+                   {"n_items": items.num_rows, "n_tokens": int(pc.sum(items["n_tokens"]).as_py() or 0)})
+        self.stat_update("items", value=items.num_rows)
+        return iter(())
+
+
+class CutRows(PipelineStep):
+    """Partition k: its place in the global concatenation (from every partition's token total), the `--max-tokens`
+    cap (whole copies while the running total fits), and its segments cut into global rows.
+
+    A row that straddles two partitions gets its first segments from partition k and the rest from k + 1; both
+    compute the same global row, so the writer simply reads the plan parts in order."""
+
+    name = "✂️ cut rows"
+    type = "🔢 - TOKENIZER"
+
+    def __init__(self, lay: StageBLayout, seq_len: int, max_tokens: int | None):
+        super().__init__()
+        self.lay = lay
+        self.seq_len = seq_len
+        self.max_tokens = max_tokens
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        totals = [read_json(self.lay.part("partitions", k, "json"))["n_tokens"] for k in range(self.lay.n_partitions)]
+        offset = sum(totals[:rank])
+        items = pq.read_table(self.lay.part("partitions", rank), schema=ITEM_SCHEMA)
+        lengths = items["n_tokens"].to_numpy().astype(np.int64)
+        ends = offset + np.cumsum(lengths)
+        placed = np.ones(len(lengths), bool) if self.max_tokens is None else ends <= self.max_tokens
+        capped = items.filter(pa.array(~placed))
+        outcome = pa.table({"key": capped["key"], "lost": pa.array(np.ones(capped.num_rows, np.int32)),
+                            "reason": pa.array(["max-tokens"] * capped.num_rows, pa.string())}, schema=OUTCOME_SCHEMA)
+        items = items.filter(pa.array(placed))
+        n_placed = int(lengths[placed].sum())
+        keys = items["key"].to_numpy()
+        segments, _ = cut_into_rows(keys, items["copy"].to_numpy(), lengths[placed], self.seq_len,
+                                    token_offset=offset)
+        # segments come out in item order; the piece of each segment tells which item it belongs to
+        piece = np.repeat(np.arange(items.num_rows), _pieces_per_item(lengths[placed], offset, self.seq_len))
+        plan = pa.table({
+            "key": segments["key"].to_arrow(), "copy": segments["copy"].to_arrow(),
+            "doc_start": segments["doc_start"].to_arrow(), "row": segments["row"].to_arrow(),
+            "start": segments["start"].to_arrow(), "length": segments["length"].to_arrow(),
+            "doc_id": items["doc_id"].take(pa.array(piece)), "source": items["source"].take(pa.array(piece)),
+            "src": pa.array(items["offset"].to_numpy()[piece] + segments["doc_start"].to_numpy()),
+        }, schema=PLAN_SCHEMA)
+        write_plan(self.lay, rank, plan, outcome, placed_tokens=n_placed, token_offset=offset)
+        return iter(())
+
+
+def _pieces_per_item(lengths: np.ndarray, token_offset: int, seq_len: int) -> np.ndarray:
+    ends = np.cumsum(lengths) + token_offset
+    begins = ends - lengths
+    return (ends - 1) // seq_len - begins // seq_len + 1
+
+
+def write_plan(lay: StageBLayout, part: int, plan: pa.Table, outcome: pa.Table, placed_tokens: int,
+               token_offset: int) -> None:
+    """One plan part + its outcomes; the json (written last) says which rows it covers."""
+    write_parquet(lay.part("plan", part), plan, row_group_size=PLAN_ROW_GROUP)
+    write_parquet(lay.part("outcomes", part), outcome)
+    rows = plan["row"]
+    write_json(lay.part("plan", part, "json"), {
+        "first_row": int(pc.min(rows).as_py()) if plan.num_rows else None,
+        "last_row": int(pc.max(rows).as_py()) if plan.num_rows else None,
+        "placed_tokens": placed_tokens, "token_offset": token_offset})
+
+
+class GlobalPack(PipelineStep):
+    """long / sft: run the mode's packer over the pack items of all kept documents (lengths only)."""
+
+    name = "📐 pack (long context / SFT)"
+    type = "🔢 - TOKENIZER"
+
+    def __init__(self, ctx: BuildContext, lay: StageBLayout):
+        super().__init__()
+        self.lay = lay
+        self.mode = ctx.spec.packing.get("mode", "concat")
+        self.seq_len = ctx.spec.seq_len
+        self.seed = ctx.seed
+        self.max_tokens = ctx.opts.max_tokens
+        self.options = ctx.spec.packing
+        self.source_options = {s.name: s for s in ctx.spec.sources}
+        self.source_names = [s["source"] for s in ctx.sources]
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        items = read_items(self.lay).sort_by("key")
+        names = pa.array(self.source_names, pa.string())
+        docs = pl.from_arrow(items.select(["key", "doc_id", "n_tokens", "n_copies"]).append_column(
+            "source", names.take(items["source"]) if items.num_rows else pa.array([], pa.string())))
+        result = get_packer(self.mode)(PackInput(docs=docs, seq_len=self.seq_len, seed=self.seed,
+                                                 max_tokens=self.max_tokens, options=self.options,
+                                                 source_options=self.source_options))
+        seg = result.segments.join(pl.from_arrow(items.select(["key", "doc_id", "source", "offset"])), on="key",
+                                   how="left").sort("row", "start")
+        plan = pa.table({
+            "key": seg["key"].to_arrow(), "copy": seg["copy"].to_arrow(), "doc_start": seg["doc_start"].to_arrow(),
+            "row": seg["row"].to_arrow(), "start": seg["start"].to_arrow(), "length": seg["length"].to_arrow(),
+            "doc_id": seg["doc_id"].to_arrow(), "source": seg["source"].to_arrow(),
+            "src": (seg["offset"] + seg["doc_start"]).to_arrow(),
+        }).cast(PLAN_SCHEMA)
+        asked = docs.select("key", "n_copies")
+        lost = [result.dropped.join(asked, on="key").select("key", pl.col("n_copies").alias("lost"), "reason")]
+        if result.copies is not None and result.copies.height:
+            lost.append(result.copies.join(asked.rename({"n_copies": "asked"}), on="key").select(
+                "key", (pl.col("asked") - pl.col("n_copies")).alias("lost"), pl.lit(None, pl.Utf8).alias("reason")))
+        outcome = pl.concat([x.cast({"key": pl.Int64, "lost": pl.Int32, "reason": pl.Utf8}) for x in lost])
+        write_plan(self.lay, 0, plan, outcome.to_arrow().cast(OUTCOME_SCHEMA),
+                   placed_tokens=int(seg["length"].sum() or 0), token_offset=0)
+        # rows of window packers are not cut from a concatenation: the writer takes the row count from here
+        write_json(self.lay.part("plan", 0, "rows.json"), {"n_rows": result.n_rows})
+        return iter(())
+
+
+def pack_stages(ctx: BuildContext, lay: StageBLayout) -> list[Stage]:
+    if lay.concat:
+        return [
+            Stage("partition", [PartitionItems(lay)], lay.n_partitions,
+                  description=f"sort {lay.n_partitions} partition(s) of the global order",
+                  memory_bytes=ITEMS_PER_PARTITION * ITEM_BYTES),
+            Stage("cut_rows", [CutRows(lay, ctx.spec.seq_len, ctx.opts.max_tokens)], lay.n_partitions,
+                  description="cut rows", memory_bytes=ITEMS_PER_PARTITION * ITEM_BYTES),
+        ]
+    get_packer(ctx.spec.packing.get("mode", "concat"))  # an unknown mode fails before any stage runs
+    return [Stage("pack", [GlobalPack(ctx, lay)], 1, description=f"pack ({ctx.spec.packing.get('mode')})")]
+
+
+def plan_rows(lay: StageBLayout, seq_len: int) -> tuple[int, list[dict]]:
+    """(number of rows of the build, the plan parts' row ranges)."""
+    parts = [read_json(lay.part("plan", k, "json")) for k in range(lay.n_plan_parts)]
+    if lay.concat:
+        return -(-sum(p["placed_tokens"] for p in parts) // seq_len), parts
+    return read_json(lay.part("plan", 0, "rows.json"))["n_rows"], parts

@@ -212,16 +212,18 @@ def answer_mask(tokens_len: int, offsets: list[tuple[int, int]], spans: list[tup
 
 
 class WriteIntermediate(PipelineStep):
-    """Stream tokens of this file's kept docs to a flat uint32 file and every doc's row to parquet (atomically)."""
+    """Stream tokens of this file's kept docs to a flat token file (`token_dtype`: uint16 when the vocabulary fits,
+    `pipelines.shards.format.token_dtype`) and every doc's row to parquet (atomically)."""
 
     name = "💾 write intermediate"
     type = "💽 - WRITER"
 
-    def __init__(self, work_dir: str, tasks: list[FileTask], with_mask: bool = False):
+    def __init__(self, work_dir: str, tasks: list[FileTask], with_mask: bool = False, token_dtype: str = "uint32"):
         super().__init__()
         self.work_dir = work_dir
         self.tasks = tasks
         self.with_mask = with_mask
+        self.token_dtype = np.dtype(token_dtype)
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         os.makedirs(self.work_dir, exist_ok=True)
@@ -236,7 +238,7 @@ class WriteIntermediate(PipelineStep):
                 tokens = m.pop("tokens", None)
                 n = 0 if tokens is None else len(tokens)
                 if tokens is not None:
-                    tok_f.write(tokens.tobytes())
+                    tok_f.write(tokens.astype(self.token_dtype, copy=False).tobytes())
                     if self.with_mask:
                         mask_f.write(answer_mask(n, m.pop("offsets", []), m.get("answer_spans", [])).tobytes())
                 for k, v in (("doc_id", doc.id), ("source", m["source"]), ("file", m["file"]), ("line", m["line"]),

@@ -40,7 +40,8 @@ def test_source_root_maps_hf_uris():
 
 
 def test_slurm_executor_pass_through(tmp_path, monkeypatch):
-    """--executor slurm composes datatrove's SlurmPipelineExecutor: stage A one task per file, B depends on A."""
+    """--executor slurm composes datatrove's SlurmPipelineExecutor: stage A one task per file, then the global
+    stages, each depending on the one before, the manifest (one task) last."""
     from datatrove.executor import SlurmPipelineExecutor
 
     from pipelines.build import BuildOptions, make_executors, prepare
@@ -50,7 +51,8 @@ def test_slurm_executor_pass_through(tmp_path, monkeypatch):
     opts = BuildOptions(out=str(tmp_path), source_root=str(HUB), executor="slurm",
                         executor_options={"partition": "cpu", "time": "01:00:00"})
     ctx = prepare(load_spec("stage2"), opts)
-    stage_a, stage_b = make_executors(ctx)  # a two-stage build: per-file stage, then the global stage
-    assert isinstance(stage_a, SlurmPipelineExecutor) and isinstance(stage_b, SlurmPipelineExecutor)
-    assert stage_a.world_size == len(ctx.tasks) == 25 and stage_b.world_size == 1
-    assert stage_b.depends is stage_a and stage_a.partition == "cpu"
+    executors = make_executors(ctx)
+    stage_a, manifest = executors[0], executors[-1]
+    assert all(isinstance(e, SlurmPipelineExecutor) for e in executors) and len(executors) >= 3
+    assert stage_a.world_size == len(ctx.tasks) == 25 and manifest.world_size == 1
+    assert all(b.depends is a for a, b in zip(executors, executors[1:])) and stage_a.partition == "cpu"

@@ -1,4 +1,4 @@
-"""Long-context packers (ProLong / Instella-Long), plugged into the build spine with `@register_packer`.
+"""Long-context packers (ProLong / Instella-Long): whole-build packers over document lengths (`get_packer`).
 
 `long` (spec `packing: {mode: long, ...}`; each source says `packing: long` or `packing: short`):
 
@@ -19,6 +19,9 @@ packed best-fit-decreasing into rows and padded to exactly seq_len with the pad 
 samples longer than seq_len are dropped (`longer-than-seq-len`). The loss mask (answer tokens only) comes from the
 spine (stage A, `messages` answer spans). The manifest view `padding` reports the padding fraction per source.
 
+Both run as one task (`pipelines.packing.GlobalPack`) over the lengths of all kept documents: O(kept documents)
+state in one process (~50 B per document), never their tokens or text.
+
 Every packer places segments of a row contiguously from offset 0 and shuffles row order with the build seed.
 """
 from __future__ import annotations
@@ -29,27 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from pipelines import manifest
-from pipelines.packing import DROPPED_SCHEMA, SEGMENT_SCHEMA, PackInput, PackResult, expand_copies, register_packer
-
-# padding attributed to the sources of a row in proportion to their tokens in that row
-PADDING_VIEW = """
-CREATE VIEW padding AS
-WITH per_row AS (
-    SELECT s.shard, s.row, d.source, sum(s.length)::DOUBLE AS n_tokens
-    FROM segments s JOIN documents d USING (doc_id) GROUP BY ALL
-), row_total AS (
-    SELECT shard, row, sum(n_tokens) AS row_tokens FROM per_row GROUP BY ALL
-), attributed AS (
-    SELECT p.source, p.n_tokens, ((SELECT seq_len FROM build) - t.row_tokens) * p.n_tokens / t.row_tokens AS pad
-    FROM per_row p JOIN row_total t USING (shard, row)
-)
-SELECT source, sum(n_tokens)::BIGINT AS n_tokens, round(sum(pad))::BIGINT AS n_pad,
-       sum(pad) / (sum(n_tokens) + sum(pad)) AS pad_fraction
-FROM attributed GROUP BY source ORDER BY source
-"""
-if PADDING_VIEW not in manifest.EXTRA_VIEWS:
-    manifest.EXTRA_VIEWS.append(PADDING_VIEW)
+from pipelines.packing import DROPPED_SCHEMA, SEGMENT_SCHEMA, PackInput, PackResult, expand_copies
 
 
 @dataclass
@@ -172,7 +155,6 @@ def _result(rows: list[list[Piece]], inp: PackInput, rng: np.random.Generator, r
     return PackResult(segments=segments, n_rows=len(rows), dropped=dropped, copies=copies if copies.height else None)
 
 
-@register_packer("long")
 def pack_long(inp: PackInput) -> PackResult:
     L = inp.seq_len
     opts = inp.options
@@ -228,7 +210,6 @@ def pack_long(inp: PackInput) -> PackResult:
     return _result(rows, inp, rng, reasons, max_rows)
 
 
-@register_packer("sft")
 def pack_sft(inp: PackInput) -> PackResult:
     """Whole samples, best-fit decreasing into rows of seq_len; the rest of a row is padding."""
     L = inp.seq_len
