@@ -75,6 +75,12 @@ def get_packer(mode: str) -> Callable[[PackInput], PackResult]:
     return PACKERS[mode]
 
 
+def check_packing_mode(mode: str) -> None:
+    """ValueError for a mode no packer implements (`concat` runs as partitioned stages, the others via get_packer)."""
+    if mode != "concat":
+        get_packer(mode)
+
+
 def expand_copies(docs: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(key, copy, n_tokens) per written copy, in the docs' order."""
     keys = docs["key"].to_numpy()

@@ -100,10 +100,10 @@ class MixtureSpec:
 
     def check_sections(self) -> None:
         """Validate the sections other modules interpret (packing mode, dedup, decontaminate) before any work runs."""
-        from pipelines.packing import get_packer
+        from pipelines.packing import check_packing_mode
 
         try:
-            get_packer(self.packing.get("mode", "concat"))
+            check_packing_mode(self.packing.get("mode", "concat"))
         except ValueError as e:
             raise SpecError(f"{self.path}: field 'packing': {e}") from None
         spec_dir = Path(self.path).parent if self.path else Path.cwd()
