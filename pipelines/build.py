@@ -191,6 +191,9 @@ def plan_stages(ctx: BuildContext) -> list[Stage]:
     if ctx.tasks:  # a mixture whose sources all matched nothing still gets its (empty) manifest
         stages.append(Stage("stage_a", stage_a_pipeline(ctx), len(ctx.tasks), kind="per-file",
                             description=f"read + tokenize {len(ctx.tasks)} files"))
+        from pipelines.dedup_stages import global_dedup_stages
+
+        stages += global_dedup_stages(ctx)  # ids, exclusion, dedup -> work/decisions/
     stages.append(Stage("stage_b", [PackAndWrite(ctx)], 1, kind="global", description="pack and write shards"))
     return stages
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import yaml
 
 from pipelines.build import BuildContext, _sha256_file, _versions
-from pipelines.manifest import MANIFEST, connect, write_manifest
+from pipelines.manifest import MANIFEST, write_manifest
 from pipelines.packing import PackInput, PackResult, get_packer
 from pipelines.steps import intermediate_paths
 
@@ -21,68 +21,57 @@ SHARDS = "shards"
 
 
 def load_documents(ctx: BuildContext) -> pl.DataFrame:
-    """All stage-A rows in build order (spec source order, then file order, then line), with a global `key`."""
+    """All stage-A rows in build order (spec source order, then file order, then line), with a global `key`, and
+    the global stages' decisions (exclusion, dedup, repaired ids) applied."""
     frames = []
     for rank in range(len(ctx.tasks)):
         docs_path = intermediate_paths(os.path.join(ctx.work_dir, "docs"), rank)[0]
-        frames.append(pl.read_parquet(docs_path).with_columns(pl.lit(rank, pl.Int32).alias("task")))
+        frames.append(pl.read_parquet(docs_path).with_columns(pl.lit(rank, pl.Int32).alias("task"))
+                      .with_row_index("idx").with_columns(pl.col("idx").cast(pl.Int64)))
     if not frames:
         return pl.DataFrame(schema={"key": pl.Int64, "doc_id": pl.Utf8, "source": pl.Utf8, "file": pl.Utf8,
                                     "line": pl.Int64, "n_chars": pl.Int64, "n_tokens": pl.Int64, "status": pl.Utf8,
                                     "reason": pl.Utf8, "detail": pl.Utf8, "n_copies": pl.Int32, "offset": pl.Int64,
                                     "task": pl.Int32, "duplicate_of": pl.Utf8})
     docs = pl.concat(frames, how="diagonal_relaxed").with_row_index("key").with_columns(pl.col("key").cast(pl.Int64))
-    # doc ids must be unique inside a build: later repeats of an id get their file and line appended
-    repeat = pl.col("doc_id").cum_count().over("doc_id") > 1
-    docs = docs.with_columns(
-        pl.when(repeat).then(pl.format("{}@{}:{}", "doc_id", pl.col("file").str.split("/").list.last(), "line"))
-        .otherwise(pl.col("doc_id")).alias("doc_id"),
-        pl.lit(None, pl.Utf8).alias("duplicate_of"),
-    )
-    return docs
+    return apply_decisions(ctx, docs)
 
 
-def _drop(docs: pl.DataFrame, dropped: pl.DataFrame, with_dup: bool = False) -> pl.DataFrame:
-    """Mark `dropped` (key, reason[, duplicate_of]) as dropped in docs."""
+def apply_decisions(ctx: BuildContext, docs: pl.DataFrame) -> pl.DataFrame:
+    """Apply `decisions/*.parquet` (pipelines.dedup_stages): repaired ids, then drops with the survivor's doc_id."""
+    from pipelines.decisions import read_decisions, split_key
+
+    dec = pl.concat([pl.from_arrow(read_decisions(ctx.work_dir, t)).with_columns(pl.lit(t, pl.Int32).alias("task"))
+                     for t in range(len(ctx.tasks))])
+    docs = docs.join(dec.rename({"doc_id": "_id"}), on=["task", "idx"], how="left").with_columns(
+        pl.coalesce("_id", "doc_id").alias("doc_id")).drop("_id")
+    survivors = dec.filter(pl.col("duplicate_of").is_not_null()).select("duplicate_of").unique()
+    if survivors.height:
+        tasks, idxs = zip(*(split_key(k) for k in survivors["duplicate_of"].to_list()))
+        survivors = survivors.with_columns(pl.Series("task", tasks, pl.Int32), pl.Series("idx", idxs, pl.Int64)).join(
+            docs.select("task", "idx", pl.col("doc_id").alias("_sid")), on=["task", "idx"], how="left")
+    docs = docs.join(survivors.select("duplicate_of", "_sid") if survivors.height else
+                     pl.DataFrame(schema={"duplicate_of": pl.Int64, "_sid": pl.Utf8}), on="duplicate_of", how="left")
+    hit = pl.col("reason_right").is_not_null() & (pl.col("status") == "kept")
+    return docs.with_columns(
+        pl.when(hit).then(pl.lit("dropped")).otherwise(pl.col("status")).alias("status"),
+        pl.when(hit).then(pl.col("reason_right")).otherwise(pl.col("reason")).alias("reason"),
+        pl.when(hit).then(0).otherwise(pl.col("n_copies")).cast(pl.Int32).alias("n_copies"),
+        pl.when(hit).then(pl.col("_sid")).otherwise(None).cast(pl.Utf8).alias("duplicate_of"),
+    ).drop("reason_right", "_sid", "idx")
+
+
+def _drop(docs: pl.DataFrame, dropped: pl.DataFrame) -> pl.DataFrame:
+    """Mark `dropped` (key, reason) as dropped in docs."""
     if dropped.height == 0:
         return docs
-    cols = ["key", pl.col("reason").alias("_reason")]
-    if with_dup:
-        cols.append(pl.col("duplicate_of").alias("_dup"))
-    docs = docs.join(dropped.select(cols), on="key", how="left")
+    docs = docs.join(dropped.select("key", pl.col("reason").alias("_reason")), on="key", how="left")
     hit = pl.col("_reason").is_not_null() & (pl.col("status") == "kept")
-    updates = [
+    return docs.with_columns(
         pl.when(hit).then(pl.lit("dropped")).otherwise(pl.col("status")).alias("status"),
         pl.when(hit).then(pl.col("_reason")).otherwise(pl.col("reason")).alias("reason"),
         pl.when(hit).then(0).otherwise(pl.col("n_copies")).cast(pl.Int32).alias("n_copies"),
-    ]
-    if with_dup:
-        updates.append(pl.when(hit).then(pl.col("_dup")).otherwise(pl.col("duplicate_of")).alias("duplicate_of"))
-    return docs.with_columns(updates).drop(["_reason", "_dup"], strict=False)
-
-
-def apply_exclusions(ctx: BuildContext, docs: pl.DataFrame) -> pl.DataFrame:
-    """Drop documents that another build (`--exclude OUT`) already placed in its shards."""
-    for other in ctx.opts.exclude:
-        con = connect(other)
-        used = pl.from_arrow(con.sql("SELECT DISTINCT doc_id FROM segments").to_arrow_table())
-        con.close()
-        hits = docs.filter(pl.col("status") == "kept").join(used, on="doc_id", how="semi")
-        docs = _drop(docs, hits.select("key", pl.lit("excluded").alias("reason")))
-    return docs
-
-
-def apply_dedup(ctx: BuildContext, docs: pl.DataFrame) -> pl.DataFrame:
-    if ctx.spec.dedup is None:
-        return docs
-    from pipelines.dedup import DedupConfig, find_duplicates
-
-    cfg = DedupConfig.from_spec(ctx.spec.dedup)
-    if cfg is None:
-        return docs
-    kept = docs.filter(pl.col("status") == "kept").select("key", "doc_id", "text_hash", "minhash", "url")
-    found = find_duplicates(kept, cfg)
-    return _drop(docs, found.select("key", "reason", "duplicate_of"), with_dup=True)
+    ).drop("_reason")
 
 
 def _gather_shard(seg: pl.DataFrame, r0: int, n_rows: int, seq_len: int, dtype, pad_id: int,
@@ -189,8 +178,6 @@ def _size(path: str) -> int | None:
 def finalize_build(ctx: BuildContext) -> Path:
     out = ctx.out
     docs = load_documents(ctx)
-    docs = apply_exclusions(ctx, docs)
-    docs = apply_dedup(ctx, docs)
 
     kept = docs.filter(pl.col("status") == "kept")
     packer = get_packer(ctx.spec.packing.get("mode", "concat"))
