@@ -217,7 +217,7 @@ def exclude_task(cfg: GlobalDedupConfig, index: int) -> None:
         os.remove(stale)
     con = connect(cfg.exclude[index])
     try:
-        reader = con.execute("SELECT doc_id FROM segments").fetch_record_batch(1 << 16)
+        reader = con.sql("SELECT doc_id FROM segments").to_arrow_reader(1 << 16)
         pending: list[str] = []
         n_runs = 0
 
