@@ -331,29 +331,26 @@ def _group_signatures(gid: np.ndarray, key: np.ndarray) -> np.ndarray:
     """Two order-free 64-bit hashes of each group's member set (equal sets, equal signatures), shape [groups, 2]."""
     from pipelines.quality.hashing import mix64
 
-    first = _first_of_group(gid)
-    grp = np.cumsum(first) - 1
+    starts = np.flatnonzero(_first_of_group(gid))
     k = key.view(np.uint64)
-    with np.errstate(over="ignore"):
-        a = np.zeros(grp[-1] + 1, np.uint64)
-        b = np.zeros(grp[-1] + 1, np.uint64)
-        np.add.at(a, grp, mix64(k ^ np.uint64(0x9E3779B97F4A7C15)))
-        np.add.at(b, grp, mix64(k + np.uint64(0x632BE59BD9B4E019)))
+    with np.errstate(over="ignore"):  # uint64 sums wrap, on purpose
+        a = np.add.reduceat(mix64(k ^ np.uint64(0x9E3779B97F4A7C15)), starts)
+        b = np.add.reduceat(mix64(k + np.uint64(0x632BE59BD9B4E019)), starts)
     return np.stack([a, b], axis=1)
 
 
-def _unique_band_groups(gid: np.ndarray, key: np.ndarray, seen: set) -> np.ndarray:
-    """Mask keeping the first group of each member set: a near-duplicate pair sharing 15 bands is one group."""
+def unique_groups(gid: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the first group (in gid order) of each member set: a near-duplicate pair sharing 15 of 20 bands is
+    15 identical groups, and only one of them is worth holding."""
     if len(gid) == 0:
-        return np.ones(0, bool)
+        return gid, key
     sig = _group_signatures(gid, key)
     grp = np.cumsum(_first_of_group(gid)) - 1
-    keep_grp = np.zeros(len(sig), bool)
-    for g, (a, b) in enumerate(sig.tolist()):
-        if (a, b) not in seen:
-            seen.add((a, b))
-            keep_grp[g] = True
-    return keep_grp[grp]
+    order = np.lexsort((np.arange(len(sig)), sig[:, 1], sig[:, 0]))
+    repeat = np.zeros(len(sig), bool)
+    repeat[order[1:]] = (sig[order[1:], 0] == sig[order[:-1], 0]) & (sig[order[1:], 1] == sig[order[:-1], 1])
+    keep = ~repeat[grp]
+    return gid[keep], key[keep]
 
 
 def _isin_sorted(x: np.ndarray, sorted_arr: np.ndarray) -> np.ndarray:
@@ -374,24 +371,31 @@ class Clusters:
     excluded: np.ndarray  # keys whose final id is in an excluded build (filtered to kept docs when written)
     repaired: np.ndarray  # keys whose record id repeats an earlier one
     keys_held: int  # distinct document keys loaded: only those sharing a hash with another record
+    band_members_held: int  # (group, key) pairs of MinHash band groups kept after collapsing identical ones
 
 
 DEDUP_REASONS = ("exact-dup", "url-dup", "near-dup")
 
 
 def _load_groups(cfg: GlobalDedupConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every bucket's groups; band groups are collapsed to distinct member sets whenever the not yet collapsed
+    part outgrows the collapsed one (amortised: each member is re-examined O(log) times)."""
     parts: dict[str, list] = {k: [] for k in KINDS}
-    seen: set = set()
+    band, pending = (np.empty(0, np.int64), np.empty(0, np.int64)), []
     for b in range(cfg.n_buckets):
         with np.load(cfg.groups_path(b)) as z:
             for k in KINDS:
                 gid, key = z[f"{k}_gid"], z[f"{k}_key"]
-                if k == "band":
-                    keep = _unique_band_groups(gid, key, seen)
-                    gid, key = gid[keep], key[keep]
-                parts[k].append((gid, key))
-    return {k: (np.concatenate([g for g, _ in v]) if v else np.empty(0, np.int64),
-                np.concatenate([x for _, x in v]) if v else np.empty(0, np.int64)) for k, v in parts.items()}
+                (pending if k == "band" else parts[k]).append((gid, key))
+        n_pending = sum(len(g) for g, _ in pending)
+        if n_pending and (n_pending >= max(cfg.chunk_records, len(band[0])) or b == cfg.n_buckets - 1):
+            band = unique_groups(np.concatenate([band[0]] + [g for g, _ in pending]),
+                                 np.concatenate([band[1]] + [x for _, x in pending]))
+            pending = []
+    out = {k: (np.concatenate([g for g, _ in v]) if v else np.empty(0, np.int64),
+               np.concatenate([x for _, x in v]) if v else np.empty(0, np.int64)) for k, v in parts.items()}
+    out["band"] = band
+    return out
 
 
 def _drop_members(gid: np.ndarray, key: np.ndarray, gone: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -474,7 +478,7 @@ def cluster(cfg: GlobalDedupConfig) -> Clusters:
         if not hop.any():
             break
         survivor[hop] = parent_k[i[hop]]
-    return Clusters(dropped_k, reason_k, survivor, excluded, repaired, keys_held)
+    return Clusters(dropped_k, reason_k, survivor, excluded, repaired, keys_held, len(g["band"][0]))
 
 
 def describe_key(cfg: GlobalDedupConfig, key: int) -> str:
@@ -515,7 +519,7 @@ def write_all_decisions(cfg: GlobalDedupConfig, c: Clusters) -> None:
 def cluster_and_decide(cfg: GlobalDedupConfig) -> Clusters:
     c = cluster(cfg)
     write_all_decisions(cfg, c)
-    stats = {"keys_held": c.keys_held, "dropped": len(c.dropped), "excluded_candidates": len(c.excluded),
+    stats = {"keys_held": c.keys_held, "band_members_held": c.band_members_held, "dropped": len(c.dropped), "excluded_candidates": len(c.excluded),
              "repaired": len(c.repaired), "n_buckets": cfg.n_buckets}
     tmp = cfg.stats_path + ".tmp"
     with open(tmp, "w") as f:

@@ -132,13 +132,15 @@ def test_clustering_holds_only_keys_that_have_a_duplicate(tmp_path: Path):
     rng = np.random.default_rng(3)
     tasks = [[doc(f"{t}-{i}", rng) for i in range(2000)] for t in range(3)]
     for i in range(5):  # 5 exact pairs and 5 near pairs out of 6000 documents
-        tasks[2][i] = doc(f"exact{i}", rng, text_hash=tasks[0][i]["text_hash"])
-        tasks[2][10 + i] = doc(f"near{i}", rng, minhash=tasks[1][i]["minhash"][:1] + fresh_bands(rng)[1:])
+        tasks[2][i] = doc(f"exact{i}", rng, text_hash=tasks[0][i]["text_hash"], minhash=tasks[0][i]["minhash"])
+        tasks[2][10 + i] = doc(f"near{i}", rng, minhash=tasks[1][i]["minhash"][:6] + fresh_bands(rng)[6:])
     write_tasks(tmp_path, tasks)
     got = run(tmp_path, 3)
     assert len(got) == 10
     stats = json.loads(Path(ds.GlobalDedupConfig(str(tmp_path), 3, ds.n_buckets_for(3)).stats_path).read_text())
     assert stats["keys_held"] == 20  # the copies and their originals, not the 6000 documents
+    # a near pair sharing 6 bands is 6 identical band groups, an exact pair 8: each is held once
+    assert stats["band_members_held"] == 2 * 10
 
 
 def test_repeated_ids_get_their_whole_path(tmp_path: Path):
