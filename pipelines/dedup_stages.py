@@ -176,14 +176,14 @@ def sign_task(cfg: GlobalDedupConfig, task: int) -> None:
         n = batch.num_rows
         keys = (np.int64(task) << np.int64(32)) | np.arange(row0, row0 + n, dtype=np.int64)
         row0 += n
-        d = batch.to_pydict()
+        d = {c: batch.column(c).to_pylist() for c in ("doc_id", "file", "line", "status", "url") if c in cols}
         h1, h2 = _hash128(d["doc_id"])
         records.append(_records(h1, h2, keys))
         h1, h2 = _hash128([repaired_doc_id(i, f, ln) for i, f, ln in zip(d["doc_id"], d["file"], d["line"])])
         records.append(_records(h1, h2, ~keys))  # the repaired form of doc k is stored under ~k (< 0)
         kinds += [ID, ID]
         kept = np.array([s == "kept" for s in d["status"]], dtype=bool)
-        if "text_hash" in d:
+        if "text_hash" in cols:
             th = batch.column("text_hash").fill_null(0).to_numpy(zero_copy_only=False)
             ok = kept & batch.column("text_hash").is_valid().to_numpy(zero_copy_only=False)
             records.append(_records(th[ok].astype(np.int64).view(np.uint64), 0, keys[ok]))
@@ -194,7 +194,7 @@ def sign_task(cfg: GlobalDedupConfig, task: int) -> None:
                 h1, h2 = _hash128([d["url"][i] for i in sel])
                 records.append(_records(h1, h2, keys[sel]))
                 kinds.append(URL)
-        if "minhash" in d:
+        if "minhash" in cols:
             mh = batch.column("minhash")
             lens = mh.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
             lens[~kept] = 0
