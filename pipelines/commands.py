@@ -113,6 +113,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     ) -> None:
         """Build a mixture into token shards + manifest.duckdb, then print its composition."""
         from pipelines.build import BuildOptions, build_mixture
+        from pipelines.dedup_stages import DuplicateIdError
         from pipelines.formats import SourceFileError
         from pipelines.spec import SpecError, load_spec
 
@@ -132,7 +133,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                             exclude=tuple(str(p) for p in exclude or ()), progress=progress)
         try:
             build_mixture(spec, opts)
-        except (SpecError, SourceFileError, FileNotFoundError) as e:
+        except (SpecError, SourceFileError, FileNotFoundError, DuplicateIdError) as e:
             _fail(str(e))
         except ValueError as e:
             if strict or "unknown" in str(e):
