@@ -4,8 +4,9 @@ Stage A (one task per input file, parallel): read -> sample -> [decontaminate] -
 write intermediates under OUT/work/<stage-A hash>/. datatrove's completion markers make a killed build resume: done
 files are skipped, a half-written file is redone (its outputs are only renamed into place when complete).
 Global decisions (`pipelines.dedup_stages`: unique ids, --exclude, dedup; parallel, bounded memory) write one
-decisions file per stage-A task. Stage B (one task): applies them, packs, writes shards and the manifest. It always runs in full; its
-outputs are built under temporary names and swapped in, so the result is byte-identical to an uninterrupted build.
+decisions file per stage-A task. Stage B (one task) applies them, packs, writes shards and the manifest. It always
+runs in full; its outputs are built under temporary names and swapped in, so the result is byte-identical to an
+uninterrupted build.
 """
 from __future__ import annotations
 
