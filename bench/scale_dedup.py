@@ -188,7 +188,8 @@ def main() -> None:
             for stage in ds.stages_for(cfg):
                 r = in_subprocess(cfg, stage.name)
                 peak, total = max(peak, r["rss_mb"]), total + r["seconds"]
-                print(f"  {stage.name:15s} {stage.tasks:5d} tasks {r['seconds']:8.1f}s {n / r['seconds']:10,.0f} docs/s "
+                print(f"  {stage.name:15s} {stage.tasks:5d} tasks {r['seconds']:8.1f}s "
+                      f"{n / r['seconds']:10,.0f} docs/s "
                       f"peak RSS {r['rss_mb']:7.0f} MB", flush=True)
             got = {}
             for t in range(n_tasks):

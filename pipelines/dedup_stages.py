@@ -519,7 +519,8 @@ def write_all_decisions(cfg: GlobalDedupConfig, c: Clusters) -> None:
 def cluster_and_decide(cfg: GlobalDedupConfig) -> Clusters:
     c = cluster(cfg)
     write_all_decisions(cfg, c)
-    stats = {"keys_held": c.keys_held, "band_members_held": c.band_members_held, "dropped": len(c.dropped), "excluded_candidates": len(c.excluded),
+    stats = {"keys_held": c.keys_held, "band_members_held": c.band_members_held, "dropped": len(c.dropped),
+             "excluded_candidates": len(c.excluded),
              "repaired": len(c.repaired), "n_buckets": cfg.n_buckets}
     tmp = cfg.stats_path + ".tmp"
     with open(tmp, "w") as f:

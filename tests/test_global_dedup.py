@@ -45,7 +45,8 @@ def write_tasks(work: Path, tasks: list[list[dict]]) -> None:
     for t, rows in enumerate(tasks):
         path = Path(intermediate_paths(str(work / "docs"), t)[0])
         path.parent.mkdir(parents=True, exist_ok=True)
-        full = [{"file": r.get("file", f"/data/src{t % 2}/part-{t}.jsonl"), "line": i + 1, **r} for i, r in enumerate(rows)]
+        default_file = f"/data/src{t % 2}/part-{t}.jsonl"
+        full = [{"file": r.get("file", default_file), "line": i + 1, **r} for i, r in enumerate(rows)]
         pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in full], schema=schema), path)
 
 
@@ -84,7 +85,8 @@ def test_planted_copies_go_and_nothing_else(tmp_path: Path):
         url_src["url"] = f"https://x.org/{t}"
         tasks[t].append(doc(f"url-{t}", rng, url=f"https://x.org/{t}"))
         want[f"url-{t}"] = ("url-dup", url_src["doc_id"])
-    tasks[2].append(doc("dropped-copy", rng, status="dropped", text_hash=tasks[0][0]["text_hash"]))  # stage A dropped it
+    # a copy that stage A already dropped (e.g. contaminated) is no dedup decision
+    tasks[2].append(doc("dropped-copy", rng, status="dropped", text_hash=tasks[0][0]["text_hash"]))
     write_tasks(tmp_path, tasks)
     keys = by_id(tasks)
     got = run(tmp_path, len(tasks))
@@ -233,7 +235,8 @@ def test_cli_exits_2_when_ids_collide_after_repair(tmp_path: Path):
     (data / "a.jsonl").write_text(json.dumps({"id": f"x@{later}:1", "text": "first text " * 20}) + "\n" +
                                   json.dumps({"id": "x", "text": "second text " * 20}) + "\n")
     later.write_text(json.dumps({"id": "x", "text": "third text " * 20}) + "\n")
-    spec = {"name": "c", "seq_len": 64, "tokenizer": str(TOKENIZER), "sources": [{"name": "s", "uri": str(data / "*.jsonl")}]}
+    spec = {"name": "c", "seq_len": 64, "tokenizer": str(TOKENIZER),
+            "sources": [{"name": "s", "uri": str(data / "*.jsonl")}]}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     res = CliRunner().invoke(cli.app, ["build-mixture", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "out"),
                                        "--no-progress"])
