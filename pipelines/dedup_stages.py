@@ -57,7 +57,7 @@ ID, EXACT, URL, BAND = range(len(KINDS))
 EXCLUDED_MARK = np.iinfo(np.int64).min  # key of an id record that comes from another build's segments
 MAX_BUCKETS = 1024
 CHUNK_RECORDS = 1 << 22  # records sorted at once by a bucket task (~100 MB + sort temporaries)
-EXCLUDE_RUN_IDS = 1 << 22  # ids per sorted run written by an exclusion task
+EXCLUDE_RUN_IDS = 1 << 20  # ids (Python strings) per sorted run written by an exclusion task
 
 
 class DuplicateIdError(ValueError):
