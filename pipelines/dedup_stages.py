@@ -138,13 +138,18 @@ def _bucket_bounds(bucket: int, n_buckets: int) -> tuple[int, int]:
 
 
 def write_partitioned(path: str, records: list[np.ndarray], kinds: list[int], n_buckets: int) -> None:
-    """Sort records by (bucket, kind, h1, h2, key) and write them with their offsets (atomically, offsets last)."""
+    """Write records grouped by (bucket, kind), each group sorted by h1 (ties in any order: the bucket step sorts
+    them fully), with their offsets (atomically, offsets last)."""
     rec = np.concatenate(records) if records else np.empty(0, RECORD)
-    kind = np.concatenate([np.full(len(r), k, np.int64) for r, k in zip(records, kinds)]) if records else \
-        np.empty(0, np.int64)
-    code = bucket_of(rec["h1"], n_buckets).astype(np.int64) * len(KINDS) + kind
-    order = np.lexsort((rec["key"], rec["h2"], rec["h1"], code))
-    rec, code = rec[order], code[order]
+    kind = np.repeat(np.asarray(kinds, np.int64), [len(r) for r in records]) if records else np.empty(0, np.int64)
+    h1 = rec["h1"]
+    by_kind = np.argsort(kind, kind="stable")  # index permutations only: one record gather at the end
+    cuts = np.searchsorted(kind[by_kind], np.arange(len(KINDS) + 1))
+    perm = np.concatenate([idx[np.argsort(h1[idx])] for idx in np.split(by_kind, cuts[1:-1])])
+    # bucket is monotone in h1, so a stable sort on (bucket, kind) keeps every group sorted by h1
+    code = bucket_of(h1[perm], n_buckets).astype(np.int64) * len(KINDS) + kind[perm]
+    perm = perm[np.argsort(code.astype(np.uint16) if code.size and code.max() < 2**16 else code, kind="stable")]
+    rec, code = rec[perm], np.sort(code, kind="stable")
     offsets = np.searchsorted(code, np.arange(n_buckets * len(KINDS) + 1)).astype(np.int64)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _atomic_save(path, rec)
@@ -295,6 +300,15 @@ def bucket_task(cfg: GlobalDedupConfig, bucket: int) -> None:
             if not parts:
                 continue
             chunk = np.concatenate(parts)
+            # parts are sorted by h1: a stable (tim)sort merges them; only records whose h1 repeats are sorted
+            # further, by (h1, h2, key): those are the few that can form groups
+            order = np.argsort(chunk["h1"], kind="stable")
+            h1 = chunk["h1"][order]
+            same = h1[1:] == h1[:-1]
+            cand = np.zeros(len(h1), bool)
+            cand[1:] |= same
+            cand[:-1] |= same
+            chunk = chunk[order[cand]]
             chunk = chunk[np.lexsort((chunk["key"], chunk["h2"], chunk["h1"]))]
             run, key = group_runs(chunk, kind)
             if len(run):
