@@ -50,7 +50,8 @@ def test_slurm_executor_pass_through(tmp_path, monkeypatch):
     opts = BuildOptions(out=str(tmp_path), source_root=str(HUB), executor="slurm",
                         executor_options={"partition": "cpu", "time": "01:00:00"})
     ctx = prepare(load_spec("stage2"), opts)
-    stage_a, stage_b = make_executors(ctx)  # a two-stage build: per-file stage, then the global stage
-    assert isinstance(stage_a, SlurmPipelineExecutor) and isinstance(stage_b, SlurmPipelineExecutor)
+    executors = make_executors(ctx)  # per-file stage, the global decision stages, then stage B
+    stage_a, stage_b = executors[0], executors[-1]
+    assert all(isinstance(e, SlurmPipelineExecutor) for e in executors)
     assert stage_a.world_size == len(ctx.tasks) == 25 and stage_b.world_size == 1
-    assert stage_b.depends is stage_a and stage_a.partition == "cpu"
+    assert all(e.depends is prev for prev, e in zip(executors, executors[1:])) and stage_a.partition == "cpu"
