@@ -604,7 +604,8 @@ def stages_for(cfg: GlobalDedupConfig) -> list[Stage]:
                             description="hash the ids of excluded builds"))
     stages += [
         Stage("dedup_buckets", [GroupBucket(cfg)], cfg.n_buckets, kind="global",
-              description=f"group equal hashes in {cfg.n_buckets} buckets"),
+              description=f"group equal hashes in {cfg.n_buckets} buckets",
+              memory_bytes=4 * cfg.chunk_records * RECORD.itemsize + (256 << 20)),  # chunk, sort copies, python
         Stage("dedup_clusters", [ClusterAndDecide(cfg)], 1, kind="global",
               description="cluster duplicates, write decisions"),
     ]
