@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "pipelines.synth_gsm8k.cli",
     "pipelines.longctx.cli",
     "trainer.cli",
+    "trainer.hf_cli",
     "pipelines.quality_cli",
 ]
 

@@ -1,22 +1,35 @@
 """Stream a finished build (docs/FORMAT.md) as packed, document-masked microbatches.
 
 A build row of `build_seq_len` tokens is cut into `build_seq_len // seq_len` *units* of `seq_len` tokens (one unit
-per row when they match). A unit's document lengths come from the manifest's `segments` table (+ a trailing pad run);
-a document cut by a unit boundary simply becomes two pieces, exactly as the builder does at row boundaries.
+per row when they match). A unit's document lengths come from its shard's index `shard-NNNNN.idx.arrow` (+ a
+trailing pad run); a document cut by a unit boundary simply becomes two pieces, exactly as the builder does at row
+boundaries.
 
-Order: every epoch is a permutation of all units drawn from (seed, epoch); an optimizer step takes the next
-`world * grad_accum * micro_batch` units of that stream, rank r the r-th slice. The only state is (epoch, cursor),
-so resume is exact and independent of how many steps ran before.
+Per-rank memory and start-up do not grow with the build (trainer/data_index.py): only the manifest's `build` and
+`shards` tables are read up front; a shard's files and index are opened when one of its units is needed, and at
+most `max_open_shards` shards are open at once.
+
+Order: every epoch is a keyed pseudo-random permutation of all units (trainer/data_order.py), computed from
+(seed, epoch) on every rank without storing it; an optimizer step takes the next `world * grad_accum * micro_batch`
+units of that stream, rank r the r-th slice. Units made only of padding (the tail of the last row, or of padded rows
+of long-context/SFT builds cut into shorter units) are skipped when drawn; every rank makes the same decisions for
+the whole step, so the global stream does not depend on the world size. The only state is (epoch, cursor), the
+cursor counting positions of the epoch's permutation, so resume is exact and independent of how many steps ran.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from trainer.data_index import DEFAULT_MAX_OPEN_SHARDS, ShardCache
+from trainer.data_order import UnitPermutation
+
 IGNORE = -100
+ORDER = "feistel-v1"  # saved with the data position: a checkpoint of another order cannot resume exactly
 
 
 @dataclass(frozen=True)
@@ -28,27 +41,35 @@ class BuildInfo:
     rope_theta: float | None
     has_loss_mask: bool
     shards: tuple[tuple[str, int], ...]  # (path relative to the build, n_rows)
+    shard_n_pad: tuple[int, ...] | None = None  # padding tokens per shard (manifest `shards.n_pad`), when listed
+
+
+def _columns(con, table: str) -> set[str]:
+    return {r[0] for r in con.execute("select column_name from information_schema.columns "
+                                      "where table_name = ?", [table]).fetchall()}
 
 
 def read_build(path: str | Path) -> BuildInfo:
+    """The `build` and `shards` tables of a manifest (one row per shard: small whatever the build's size)."""
     from pipelines.manifest import connect
 
     path = Path(path)
     con = connect(path)
     try:
-        cols = {r[0] for r in con.execute("select column_name from information_schema.columns "
-                                          "where table_name = 'build'").fetchall()}
+        cols = _columns(con, "build")
         seq_len, pad_id, eos_id = con.execute("select seq_len, pad_id, eos_id from build").fetchone()
         theta = con.execute("select rope_theta from build").fetchone()[0] if "rope_theta" in cols else None
         has_mask = bool(con.execute("select has_loss_mask from build").fetchone()[0]) if "has_loss_mask" in cols \
             else False
-        shards = tuple(con.execute("select path, n_rows from shards order by path").fetchall())
+        pad_col = "n_pad" if "n_pad" in _columns(con, "shards") else "null"
+        rows = con.execute(f"select path, n_rows, {pad_col} from shards order by path").fetchall()
     finally:
         con.close()
-    if not shards:
+    if not rows:
         raise ValueError(f"{path}/manifest.duckdb lists no shards")
+    n_pad = None if any(r[2] is None for r in rows) else tuple(int(r[2]) for r in rows)
     return BuildInfo(path, int(seq_len), int(pad_id), int(eos_id), None if theta is None else float(theta),
-                     has_mask, tuple((p, int(n)) for p, n in shards))
+                     has_mask, tuple((p, int(n)) for p, n, _ in rows), n_pad)
 
 
 @dataclass
@@ -62,73 +83,61 @@ class Sample:
 
 
 class PackedDataset:
-    """Random access to the units of a build: shards are memory-mapped, segment offsets held as numpy arrays."""
+    """Random access to the units of a build; unit u is chunk `u % chunks_per_row` of global row
+    `u // chunks_per_row`.
 
-    def __init__(self, build: str | Path, seq_len: int | None = None) -> None:
+    `len()` counts every unit slot of the build's rows, including the padding-only ones that StepLoader skips
+    (`is_padding`); telling those apart needs the shard indexes, which are only read when needed.
+    """
+
+    def __init__(self, build: str | Path, seq_len: int | None = None,
+                 max_open_shards: int = DEFAULT_MAX_OPEN_SHARDS) -> None:
         self.info = read_build(build)
         self.seq_len = seq_len or self.info.seq_len
         if self.info.seq_len % self.seq_len:
             raise ValueError(f"seq_len {self.seq_len} must divide the build's seq_len {self.info.seq_len} ({build})")
         self.chunks_per_row = self.info.seq_len // self.seq_len
-        root = self.info.path
-        self.tokens = [np.load(root / p, mmap_mode="r") for p, _ in self.info.shards]
-        self.masks: list[np.ndarray | None] = []
-        for p, _ in self.info.shards:
-            mask_path = root / p.replace(".npy", ".mask.npy")
-            self.masks.append(np.load(mask_path, mmap_mode="r") if mask_path.exists() else None)
-        for (p, n_rows), arr in zip(self.info.shards, self.tokens):
-            if arr.shape != (n_rows, self.info.seq_len):
-                raise ValueError(f"{root / p}: shape {arr.shape} but the manifest says ({n_rows}, {self.info.seq_len})")
         self.row_offset = np.cumsum([0] + [n for _, n in self.info.shards])  # first global row of each shard
-        self._load_segments()
-
-    def _load_segments(self) -> None:
-        from pipelines.manifest import connect
-
-        con = connect(self.info.path)
-        try:
-            cols = con.execute("select shard, row, start, length from segments order by shard, row, start").fetchnumpy()
-        finally:
-            con.close()
-        shard_index = {p: i for i, (p, _) in enumerate(self.info.shards)}
-        names = list(cols["shard"])
-        unknown = set(names) - shard_index.keys()
-        if unknown:
-            raise ValueError(f"{self.info.path}/manifest.duckdb: segments name unknown shards {sorted(unknown)[:3]}")
-        shard = np.array([shard_index[n] for n in names], dtype=np.int64)
-        row = np.asarray(cols["row"], dtype=np.int64)
-        self.seg_start = np.asarray(cols["start"], dtype=np.int64)
-        self.seg_len = np.asarray(cols["length"], dtype=np.int64)
-        grow = self.row_offset[shard] + row  # global row of each segment (sorted)
-        self.row_first_seg = np.searchsorted(grow, np.arange(self.row_offset[-1] + 1))
-        # the format promises segments tile each row from 0 with padding only at the end
-        expected = np.zeros_like(self.seg_start)
-        first = self.row_first_seg[grow] == np.arange(len(grow))
-        prev_end = np.concatenate([[0], self.seg_start[:-1] + self.seg_len[:-1]])
-        expected[~first] = prev_end[~first]
-        bad = np.nonzero(expected != self.seg_start)[0]
-        if len(bad):
-            i = int(bad[0])
-            raise ValueError(f"{self.info.path}: segments of {names[i]} row {row[i]} do not tile the row "
-                             f"(segment at start {self.seg_start[i]}, expected {expected[i]})")
-        # units made only of padding (the tail of the last row) are left out of the stream
-        covered = np.bincount(grow, weights=self.seg_len, minlength=int(self.row_offset[-1]))
-        unit = np.arange(int(self.row_offset[-1]) * self.chunks_per_row)
-        self.units = unit[covered[unit // self.chunks_per_row] > (unit % self.chunks_per_row) * self.seq_len]
+        self.shards = ShardCache(self.info.path, self.info.shards, self.info.seq_len, max_open_shards)
+        # a padding-only unit needs seq_len padding tokens in its shard: most shards cannot hold one
+        n_pad = self.info.shard_n_pad
+        self._may_pad = np.ones(len(self.info.shards), dtype=bool) if n_pad is None \
+            else np.asarray(n_pad) >= self.seq_len
 
     def __len__(self) -> int:
-        return len(self.units)
+        return int(self.row_offset[-1]) * self.chunks_per_row
+
+    def _locate(self, unit: int) -> tuple[int, int, int]:
+        """unit -> (shard, row in the shard, offset of the unit in the row)."""
+        if unit < 0:
+            unit += len(self)
+        if not 0 <= unit < len(self):
+            raise IndexError(f"unit {unit} outside [0, {len(self)})")
+        grow, chunk = divmod(unit, self.chunks_per_row)
+        s = int(np.searchsorted(self.row_offset, grow, side="right")) - 1
+        return s, grow - int(self.row_offset[s]), chunk * self.seq_len
+
+    def is_padding(self, unit: int) -> bool:
+        """Whether the unit holds padding only (and so must never be trained on)."""
+        s, row, lo = self._locate(int(unit))
+        if not self._may_pad[s]:
+            return False
+        shard = self.shards.get(s)
+        if shard.tokens[row, lo] != self.info.pad_id:  # padding is only at the end of a row
+            return False
+        return int(shard.index.covered[row]) <= lo
 
     def __getitem__(self, index: int) -> Sample:
-        grow, chunk = divmod(int(self.units[index]), self.chunks_per_row)
-        s = int(np.searchsorted(self.row_offset, grow, side="right")) - 1
-        row = grow - int(self.row_offset[s])
-        lo, hi = chunk * self.seq_len, (chunk + 1) * self.seq_len
-        tokens = np.asarray(self.tokens[s][row, lo:hi], dtype=np.int64)
-        mask = None if self.masks[s] is None else np.asarray(self.masks[s][row, lo:hi], dtype=np.uint8)
-        a, b = self.row_first_seg[grow], self.row_first_seg[grow + 1]
-        starts = np.clip(self.seg_start[a:b], lo, hi)
-        ends = np.clip(self.seg_start[a:b] + self.seg_len[a:b], lo, hi)
+        s, row, lo = self._locate(int(index))
+        hi = lo + self.seq_len
+        shard = self.shards.get(s)
+        # copies: a view would keep the shard's map (and its file) open after the shard is evicted
+        tokens = np.array(shard.tokens[row, lo:hi], dtype=np.int64)
+        mask = None if shard.mask is None else np.array(shard.mask[row, lo:hi], dtype=np.uint8)
+        idx = shard.index
+        a, b = idx.row_first_seg[row], idx.row_first_seg[row + 1]
+        starts = np.clip(idx.seg_start[a:b], lo, hi)
+        ends = np.clip(idx.seg_start[a:b] + idx.seg_len[a:b], lo, hi)
         doc_lens = [int(x) for x in ends - starts if x > 0]
         covered = sum(doc_lens)
         is_pad = [False] * len(doc_lens)
@@ -201,25 +210,35 @@ class StepLoader:
         self.ds, self.seed, self.rank, self.world = dataset, seed, rank, world
         self.micro_batch, self.grad_accum, self.positions = micro_batch, grad_accum, positions
         self.epoch, self.cursor = 0, 0
-        self._order: tuple[int, np.ndarray] | None = None
+        self._order: UnitPermutation | None = None
+        self._order_epoch = -1
 
     @property
     def units_per_step(self) -> int:
         return self.world * self.grad_accum * self.micro_batch
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.ds)))
-        return self._order[1]
+    def _permutation(self, epoch: int) -> UnitPermutation:
+        if self._order is None or self._order_epoch != epoch:
+            self._order, self._order_epoch = UnitPermutation(len(self.ds), self.seed, epoch), epoch
+        return self._order
 
     def _take(self, n: int) -> list[int]:
+        """The next n non-padding units of the global stream (the same on every rank)."""
         units: list[int] = []
+        skipped = 0
         while len(units) < n:
             order = self._permutation(self.epoch)
-            k = min(n - len(units), len(order) - self.cursor)
-            units.extend(order[self.cursor:self.cursor + k].tolist())
-            self.cursor += k
-            if self.cursor == len(order):
+            stop = min(len(self.ds), self.cursor + n - len(units))
+            for unit in order(np.arange(self.cursor, stop)).tolist():
+                self.cursor += 1
+                if self.ds.is_padding(unit):
+                    skipped += 1
+                    if skipped >= len(self.ds):
+                        raise ValueError(f"{self.ds.info.path}: every unit is padding, nothing to train on")
+                else:
+                    units.append(unit)
+                    skipped = 0
+            if self.cursor == len(self.ds):
                 self.epoch, self.cursor = self.epoch + 1, 0
         return units
 
@@ -232,9 +251,15 @@ class StepLoader:
         return sorted(batches, key=lambda b: b.attn_cost, reverse=True)  # stable: ties keep stream order
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "units_per_step": self.units_per_step}
+        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "units_per_step": self.units_per_step,
+                "order": ORDER}
 
     def load_state_dict(self, state: dict) -> None:
-        # The cursor counts units of the global stream, so a different world size / accumulation resumes at the
+        # The cursor counts positions of the global stream, so a different world size / accumulation resumes at the
         # same place in the data (only an identical layout reproduces the uninterrupted run bit for bit).
+        if state.get("order") != ORDER:
+            warnings.warn(f"the data position was saved with another epoch order ({state.get('order', 'numpy')}); "
+                          f"resuming at epoch {state['epoch']}, cursor {state['cursor']} of the {ORDER} order, so this "
+                          "epoch may repeat or skip units", stacklevel=2)
         self.epoch, self.cursor, self.seed = state["epoch"], state["cursor"], state["seed"]
+        self._order = None  # the permutation is keyed by the seed

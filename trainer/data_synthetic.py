@@ -1,0 +1,130 @@
+"""Write a synthetic build straight in the documented format (docs/FORMAT.md), for trainer tests and benchmarks.
+
+No tokenizer, no sources: documents are given by their lengths. Token t of the build's token stream is
+`2 + t % 50_000` (so pieces are checkable), each document ends with EOS and padding is `pad_id`. Shards hold
+`rows_per_shard` rows, each beside its `.idx.arrow` (+ `.mask.npy` when asked); the manifest gets the `build` and
+`shards` tables and, optionally, the `segments` table (the trainer must not need it). Work is per shard, so a
+build of millions of documents is written in bounded memory (apart from the optional segments table).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+EOS_ID, PAD_ID = 0, 1
+
+
+@dataclass(frozen=True)
+class SyntheticBuild:
+    path: Path
+    n_docs: int
+    n_rows: int
+    n_shards: int
+    n_tokens: int  # real (non-padding) tokens
+
+
+def _segments(doc_lens: np.ndarray, seq_len: int, one_doc_per_row: bool) -> dict[str, np.ndarray]:
+    """Where every piece of every document sits: global row, start in the row, length, doc, offset in the doc."""
+    if one_doc_per_row:  # SFT / long-context style: each document alone in a row, the rest padding
+        n = len(doc_lens)
+        return {"grow": np.arange(n), "start": np.zeros(n, np.int64), "length": doc_lens.astype(np.int64),
+                "doc": np.arange(n), "doc_start": np.zeros(n, np.int64)}
+    doc_first = np.concatenate([[0], np.cumsum(doc_lens)[:-1]])
+    total = int(doc_lens.sum())
+    cuts = np.union1d(doc_first, np.arange(0, total, seq_len))
+    ends = np.append(cuts[1:], total)
+    doc = np.searchsorted(doc_first, cuts, side="right") - 1
+    return {"grow": cuts // seq_len, "start": cuts % seq_len, "length": ends - cuts, "doc": doc,
+            "doc_start": cuts - doc_first[doc]}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_save(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+    os.replace(tmp, path)
+
+
+def write_synthetic_build(out: str | Path, doc_lens: np.ndarray, seq_len: int, rows_per_shard: int, *,
+                          one_doc_per_row: bool = False, with_segments_table: bool = True, with_masks: bool = False,
+                          with_n_pad: bool = True) -> SyntheticBuild:
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    out = Path(out)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    doc_lens = np.asarray(doc_lens, dtype=np.int64)
+    if one_doc_per_row and doc_lens.max() > seq_len:
+        raise ValueError("one_doc_per_row needs documents of at most seq_len tokens")
+    seg = _segments(doc_lens, seq_len, one_doc_per_row)
+    n_rows = len(doc_lens) if one_doc_per_row else -(-int(doc_lens.sum()) // seq_len)
+    n_shards = -(-n_rows // rows_per_shard)
+    # token stream position of each segment start (stream = the documents' tokens in order, padding excluded)
+    stream = np.concatenate([[0], np.cumsum(doc_lens)[:-1]])[seg["doc"]] + seg["doc_start"]
+    shard_of = seg["grow"] // rows_per_shard
+    bounds = np.searchsorted(shard_of, np.arange(n_shards + 1))
+    shard_rows, seg_tables = [], []
+    for i in range(n_shards):
+        r0, r1 = i * rows_per_shard, min(n_rows, (i + 1) * rows_per_shard)
+        a, b = bounds[i], bounds[i + 1]
+        row, start, length = seg["grow"][a:b] - r0, seg["start"][a:b], seg["length"][a:b]
+        arr = np.full((r1 - r0, seq_len), PAD_ID, dtype=np.uint16)
+        flat = arr.reshape(-1)
+        piece = np.repeat(np.arange(b - a), length)  # one entry per real token of the shard
+        within = np.arange(len(piece)) - np.repeat(np.cumsum(length) - length, length)
+        dst = (row * seq_len + start)[piece] + within
+        flat[dst] = 2 + (stream[a:b][piece] + within) % 50_000
+        doc_end = seg["doc_start"][a:b] + length == doc_lens[seg["doc"][a:b]]
+        flat[(row * seq_len + start + length - 1)[doc_end]] = EOS_ID
+        rel = f"shards/shard-{i:05d}.npy"
+        _atomic_save(out / rel, arr)
+        if with_masks:
+            _atomic_save(out / rel.replace(".npy", ".mask.npy"), (arr % 3 == 0).astype(np.uint8))
+        index = pa.table({
+            "doc_id": pc.cast(pa.array(seg["doc"][a:b]), pa.string()),
+            "shard": pa.DictionaryArray.from_arrays(pa.array(np.zeros(b - a, np.int32)), [rel]).cast(pa.string()),
+            "row": pa.array(row), "start": pa.array(start), "length": pa.array(length),
+            "copy": pa.array(np.zeros(b - a, np.int32)), "doc_start": pa.array(seg["doc_start"][a:b])})
+        tmp = out / rel.replace(".npy", ".idx.arrow.tmp")
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, index.schema) as writer:
+            writer.write_table(index)
+        os.replace(tmp, out / rel.replace(".npy", ".idx.arrow"))
+        shard_rows.append((rel, r1 - r0, arr.size, arr.size - int(length.sum()), _sha256(out / rel)))
+        if with_segments_table:
+            seg_tables.append(index)
+    tmp = out / "manifest.duckdb.tmp"
+    tmp.unlink(missing_ok=True)
+    con = duckdb.connect(str(tmp))
+    try:
+        con.execute("create table build (name varchar, seed bigint, seq_len bigint, tokenizer varchar, eos_id bigint, "
+                    "pad_id bigint, dtype varchar, rope_theta double, has_loss_mask boolean)")
+        con.execute("insert into build values ('synthetic', 0, ?, 'none', ?, ?, 'uint16', 10000.0, ?)",
+                    [seq_len, EOS_ID, PAD_ID, with_masks])
+        shards = pa.table({"path": [r[0] for r in shard_rows], "n_rows": [r[1] for r in shard_rows],
+                           "n_tokens": [r[2] for r in shard_rows], "n_pad": [r[3] for r in shard_rows],
+                           "sha256": [r[4] for r in shard_rows]})
+        if not with_n_pad:
+            shards = shards.drop_columns(["n_pad"])
+        con.register("_shards", shards)
+        con.execute("create table shards as select * from _shards")
+        if with_segments_table:
+            con.register("_segments", pa.concat_tables(seg_tables))
+            con.execute("create table segments as select * from _segments")
+        con.execute("checkpoint")
+    finally:
+        con.close()
+    os.replace(tmp, out / "manifest.duckdb")
+    return SyntheticBuild(out, len(doc_lens), n_rows, n_shards, int(doc_lens.sum()))
