@@ -42,7 +42,7 @@ def xxh64_str(s: str) -> int:
 def corpus(mb: float, n_pairs: int) -> tuple[list[str], list[tuple[str, str, float]]]:
     """Mirror texts (~mb MB, deterministic) and (original, edited copy, jaccard) near-dup pairs."""
     from quality_mirror import iter_mirror_docs
-    from pipelines.quality.hashing import normalize
+    from pipelines.text import fold_words
 
     docs = [t for _, _, t in iter_mirror_docs(SHARED / "hub")]
     rng = random.Random(0)
@@ -55,7 +55,7 @@ def corpus(mb: float, n_pairs: int) -> tuple[list[str], list[tuple[str, str, flo
         size += len(t.encode())
 
     def sh(t):
-        w = normalize(t).split()
+        w = fold_words(t).split()
         return {tuple(w[i:i + 5]) for i in range(max(1, len(w) - 4))}
 
     pairs = []
@@ -79,12 +79,11 @@ def method_fn(name: str, bands: int, rows: int):
     """A function text -> list of band keys (tuples or ints) for method `name`."""
     if name == "ours":
         from pipelines.dedup import DedupConfig, MinHasher
-        from pipelines.quality.hashing import normalize_bytes
 
         h = MinHasher(DedupConfig(bands=bands, rows=rows))
 
-        def ours(text):
-            b = h.bands_of(normalize_bytes(text))
+        def ours(text):  # one text per call, as the other methods (the build signs a batch per call)
+            b = h.bands_batch([text])[0]
             return [] if b is None else b.tolist()
         return ours
     if name == "datatrove":
@@ -102,10 +101,10 @@ def method_fn(name: str, bands: int, rows: int):
     if name == "datasketch":
         from datasketch import MinHash
 
-        from pipelines.quality.hashing import normalize
+        from pipelines.text import fold_words
 
         def datasketch(text):
-            w = normalize(text).split()
+            w = fold_words(text).split()
             m = MinHash(num_perm=bands * rows, seed=1)
             m.update_batch([" ".join(w[i:i + 5]).encode() for i in range(max(1, len(w) - 4))])
             hv = m.hashvalues.reshape(bands, rows)

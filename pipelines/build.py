@@ -162,7 +162,8 @@ def prepare(spec: MixtureSpec, opts: BuildOptions) -> BuildContext:
     stage_a = {
         "tasks": [t.__dict__ for t in tasks], "tokenizer_sha256": _sha256_file(tokenizer_path), "eos": eos_id,
         "seed": seed, "strict": opts.strict, "decontaminate": spec.decontaminate, "dedup": spec.dedup,
-        "with_mask": with_mask, "format_version": 1, "code": stage_a_code_version(),
+        "with_mask": with_mask, "pad": pad_id, "format_version": 2,  # 2: EOS/pad strings tokenized as text
+        "code": stage_a_code_version(),
     }  # tasks carry each file's identity (size/mtime/ETag): an input changed in place gets a fresh work dir
     stage_a_hash = hashlib.sha256(json.dumps(stage_a, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return BuildContext(
@@ -187,7 +188,7 @@ def stage_a_pipeline(ctx: BuildContext) -> list[PipelineStep]:
 
         steps.append(DedupSignatureStep(DedupConfig.from_spec(ctx.spec.dedup)))
     steps += [
-        Tokenize(ctx.tokenizer_path, ctx.eos_id, with_offsets=ctx.with_mask),
+        Tokenize(ctx.tokenizer_path, ctx.eos_id, with_offsets=ctx.with_mask, pad_id=ctx.pad_id),
         WriteIntermediate(os.path.join(ctx.work_dir, "docs"), ctx.tasks, with_mask=ctx.with_mask),
     ]
     return steps

@@ -1,11 +1,12 @@
 """Benchmark decontamination: drop documents that contain evaluation items, and record which items.
 
 Index (built once per build by `build_decontam_index`): for every benchmark item, the hashes of normalised word
-13-grams (case, punctuation and whitespace folded; `pipelines/quality/hashing.py`) of *question + answer* and of
-*question + choices in order*. N-grams with fewer than `min_distinct` distinct words are left out: digit runs such as
-"1 2 3 ... 13" or "0 0 0 ..." occur in clean code and tables and were most of plain 13-gram matching's false
-positives. Short items (question < 13 words) use whole-sequence containment instead: the hash of the whole question
-(if it has >= `short_min` words), and of question + answer / question + choices when those are still < 13 words.
+13-grams (`fold_words` of `pipelines/text.py`: NFC, case, punctuation, symbols and whitespace folded) of
+*question + answer* and of *question + choices in order*. N-grams with fewer than `min_distinct` distinct words are
+left out: digit runs such as "1 2 3 ... 13" or "0 0 0 ..." occur in clean code and tables and were most of plain
+13-gram matching's false positives. Short items (question < 13 words) use whole-sequence containment instead: the
+hash of the whole question (if it has >= `short_min` words), and of question + answer / question + choices when
+those are still < 13 words.
 Items with no sequence of >= `short_min` words cannot be matched reliably and are counted as `unmatchable`.
 
 The index is a directory of sorted uint64 arrays (.npy, memory-mapped by every worker, shared through the page
@@ -32,8 +33,8 @@ import pyarrow.parquet as pq
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from pipelines.quality.hashing import (
-    hashes_at, length_salts, ngram_ipow, ngram_prefix, normalize_bytes, word_hashes_normalized, words_and_labels,
+from pipelines.text import (
+    fold_words, hashes_at, length_salts, ngram_ipow, ngram_prefix, token_batch, word_hashes, words_and_labels,
 )
 
 _U64 = np.uint64
@@ -41,7 +42,7 @@ DEFAULT_SUITE = ("arc_challenge", "arc_easy", "boolq", "hellaswag", "piqa", "sci
                  "mmlu", "bbh", "gsm8k", "minerva_math")  # Instella's evaluation suite
 # Words dropped from the *label-free* stream: single letters a-h (what "A)", "(b)", "C." become after normalisation)
 # and prompt prefixes. Only the question + choices sequence of an item is indexed in this form too.
-_PREFIX_WORDS = word_hashes_normalized(b"question answer choices options")
+_PREFIX_WORDS = word_hashes(b"question answer choices options")
 
 
 def default_benchmarks_dir() -> Path:
@@ -261,13 +262,13 @@ def _index_batch(items: list[Item], cfg: DecontamConfig) -> IndexArrays:
     fields: list[tuple[int, int, list[int]]] = []  # (question text, answer text or -1, choice texts)
     for it in items:
         q = len(texts)
-        texts.append(normalize_bytes(it.question))
+        texts.append(fold_words(it.question))
         a = -1
         if it.answer:
             a = len(texts)
-            texts.append(normalize_bytes(it.answer))
+            texts.append(fold_words(it.answer))
         cs = list(range(len(texts), len(texts) + len(it.choices)))
-        texts += [normalize_bytes(c) for c in it.choices]
+        texts += [fold_words(c) for c in it.choices]
         fields.append((q, a, cs))
     n_words = np.array([t.count(b" ") + 1 if t else 0 for t in texts], np.int64)
     offset = np.cumsum(n_words) - n_words
@@ -341,7 +342,7 @@ def _sequence_hashes(S, num, seq_start, seq_len, q_len, seq_item, cfg: DecontamC
     return IndexArrays(long_h, long_i, np.concatenate(sp), np.concatenate(sf), np.concatenate(sl), np.concatenate(si))
 
 
-INDEX_VERSION = 5  # bump when the index layout or hashing changes
+INDEX_VERSION = 6  # bump when the index layout or hashing changes
 
 
 def _cache_dir(cfg: DecontamConfig) -> Path | None:
@@ -438,14 +439,20 @@ def _in_bitmap(bitmap: np.ndarray, bits: int, h: np.ndarray) -> np.ndarray:
 
 
 def _ranges(table: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(query index, table position) of every match of queries q in sorted `table` (which may repeat hashes)."""
-    lo = np.searchsorted(table, q, "left")
-    hi = np.searchsorted(table, q, "right")
-    n = hi - lo
-    total = int(n.sum())
-    if total == 0:
+    """(query index, table position) of every match of queries q in sorted `table` (which may repeat hashes).
+    Queries are searched in sorted order (numpy narrows each search from the previous one: ~6x faster on the
+    suite's 2M-entry table than random order), once each; the second search (for repeats) only for the few hits."""
+    order = np.argsort(q)
+    qs = q[order]
+    lo = np.searchsorted(table, qs, "left")
+    hit = lo < len(table)
+    hit[hit] = table[lo[hit]] == qs[hit]
+    si = np.flatnonzero(hit)
+    if len(si) == 0:
         return np.zeros(0, np.intp), np.zeros(0, np.intp)
-    return np.repeat(np.arange(len(q)), n), np.repeat(lo - np.cumsum(n) + n, n) + np.arange(total)
+    lo = lo[si]
+    n = np.searchsorted(table, qs[si], "right") - lo
+    return np.repeat(order[si], n), np.repeat(lo - np.cumsum(n) + n, n) + np.arange(int(n.sum()))
 
 
 RULES = ("ngram", "short")
@@ -519,10 +526,7 @@ class DecontamIndex:
 
     def match_batch(self, texts: list[str], rules: tuple[str, ...] = RULES) -> list[dict[int, int]]:
         """`match` for many texts in one vectorised pass (per-call overhead dominates on short documents)."""
-        norms = [normalize_bytes(t) for t in texts]
-        n_words = np.array([t.count(b" ") + 1 if t else 0 for t in norms], np.int64)
-        wh, lab = words_and_labels(b" ".join(t for t in norms if t))
-        doc = np.repeat(np.arange(len(texts)), n_words)
+        wh, doc, lab = token_batch(texts).words()  # the `fold_words` stream, shared with the dedup step
         ds, hs, its = self._match_stream(wh, doc, rules)
         # second pass without labels for docs with a label letter other than "a" (rare in prose)
         strong = np.zeros(len(texts), bool)

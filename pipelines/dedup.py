@@ -1,13 +1,15 @@
 """Deduplication across all sources of a mixture: exact, MinHash near-duplicate and URL.
 
-Stage A (`DedupSignatureStep`, per input file) stores three keys per kept document: `text_hash` (normalised text:
-case, punctuation and whitespace folded), `minhash` (one hash per LSH band of a MinHash signature over word
-5-gram shingles) and `url`. Stage B (`find_duplicates`, once over every kept document of the build) clusters them
-and keeps the lowest `key` (= first in build order) of each cluster; every other member is dropped with
-`reason` = `exact-dup` | `url-dup` | `near-dup` and `duplicate_of` = the survivor's doc_id.
+Stage A (`DedupSignatureStep`, per input file) stores three keys per kept document: `text_hash` (the `fold_exact`
+text: Unicode NFC, case and whitespace runs folded; digits, signs, operators and punctuation count), `minhash` (one
+hash per LSH band of a MinHash signature over 5-gram shingles of `fold_tokens` tokens: words and symbol runs) and
+`url`; both normalisations are documented in `pipelines/text.py`. Stage B (`find_duplicates`, once over every kept
+document of the build) clusters them and keeps the lowest `key` (= first in build order) of each cluster; every
+other member is dropped with `reason` = `exact-dup` | `url-dup` | `near-dup` and `duplicate_of` = the survivor's
+doc_id.
 
-Signatures are our own vectorised numpy MinHash (see `pipelines/quality/hashing.py` and `bench/dedup.py` for the
-measurement against datatrove's `MinhashDedupSignature` and datasketch).
+Signatures are our own vectorised numpy MinHash, computed for a batch of documents at a time (see `bench/dedup.py`
+for the measurement against datatrove's `MinhashDedupSignature` and datasketch).
 """
 from __future__ import annotations
 
@@ -15,10 +17,11 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import polars as pl
-from datatrove.data import DocumentsPipeline
+import xxhash
+from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from pipelines.quality.hashing import mix64, ngram_hashes, normalize_bytes, sequence_hash, word_hashes_normalized
+from pipelines.text import fold_exact, hashes_at, mix64, ngram_prefix, token_hashes_batch
 
 _U64 = np.uint64
 _U32 = np.uint32
@@ -72,7 +75,8 @@ class DedupConfig:
 
 class MinHasher:
     """k-permutation MinHash with multiply-add hashes on 32-bit values (h_k(x) = a_k * x + b_k mod 2**32, a_k odd;
-    the minimum is decided by the top bits, which multiply-add mixes well), banded into one 64-bit hash per band."""
+    the minimum is decided by the top bits, which multiply-add mixes well), banded into one 64-bit hash per band.
+    Works on a batch of texts at once: per-call numpy overhead, not arithmetic, dominates on short documents."""
 
     def __init__(self, cfg: DedupConfig):
         self.cfg = cfg
@@ -82,42 +86,54 @@ class MinHasher:
         # per-row multipliers to combine a band's `rows` values into one hash; band index salts it
         self.row_mult = rng.integers(0, 2**64, cfg.rows, dtype=np.uint64) | _U64(1)
         self.band_salt = rng.integers(0, 2**64, cfg.bands, dtype=np.uint64)
-        self._buf = np.empty((_CHUNK, cfg.num_perm), _U32)
+        self._buf = np.empty((cfg.num_perm, _CHUNK), _U32)
 
-    def shingles(self, norm: bytes) -> np.ndarray:
-        """32-bit shingle hashes of a normalised text (a text shorter than `ngram` words is one shingle); repeats
-        are kept, they cannot change a minimum and removing them costs a sort."""
-        wh = word_hashes_normalized(norm)
-        if len(wh) == 0:
-            return np.zeros(0, _U32)
-        sh = ngram_hashes(wh, self.cfg.ngram) if len(wh) >= self.cfg.ngram else np.array([sequence_hash(wh)], _U64)
-        return (sh >> _U64(32)).astype(_U32)
+    def shingles(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(32-bit shingle hashes, text index of each, non-decreasing) of the `fold_tokens` n-grams of every text; a
+        text shorter than `ngram` tokens is one shingle, a text without tokens none. Repeats are kept: they cannot
+        change a minimum and removing them costs a sort."""
+        n = self.cfg.ngram
+        th, doc = token_hashes_batch(texts)
+        counts = np.bincount(doc, minlength=len(texts))
+        first = np.cumsum(counts) - counts
+        prefix = np.concatenate([[_U64(0)], ngram_prefix(th)])
+        starts = np.arange(max(0, len(th) - n + 1))
+        starts = starts[doc[starts] == doc[starts + n - 1]]  # n-grams inside one text
+        short = np.flatnonzero((counts > 0) & (counts < n))  # whole-text shingles
+        sh = np.concatenate([hashes_at(prefix, starts, n), hashes_at(prefix, first[short], counts[short])])
+        sh_doc = np.concatenate([doc[starts], short])
+        order = np.argsort(sh_doc, kind="stable")
+        return (sh[order] >> _U64(32)).astype(_U32), sh_doc[order]
 
-    def signature(self, shingles: np.ndarray) -> np.ndarray:
-        """uint32 [num_perm] MinHash signature of a non-empty shingle array."""
-        sig = np.full(self.cfg.num_perm, np.iinfo(_U32).max, _U32)
+    def signatures(self, shingles: np.ndarray, doc: np.ndarray, n_docs: int) -> np.ndarray:
+        """uint32 [n_docs, num_perm] MinHash signatures (all ones-bits for a text without shingles)."""
+        sig = np.full((n_docs, self.cfg.num_perm), np.iinfo(_U32).max, _U32)
         for i in range(0, len(shingles), _CHUNK):
-            x = shingles[i:i + _CHUNK]
-            buf = self._buf[: len(x)]
-            np.multiply(x[:, None], self.a[None, :], out=buf)
-            buf += self.b
-            np.minimum(sig, buf.min(axis=0), out=sig)
+            x, d = shingles[i:i + _CHUNK], doc[i:i + _CHUNK]
+            buf = self._buf[:, : len(x)]  # (num_perm, shingles): each text's run of shingles is contiguous per row
+            np.multiply(self.a[:, None], x[None, :], out=buf)
+            buf += self.b[:, None]
+            seg = np.flatnonzero(np.concatenate([[True], d[1:] != d[:-1]]))
+            docs = d[seg]  # distinct, so the fancy-indexed update below is well defined
+            sig[docs] = np.minimum(sig[docs], np.minimum.reduceat(buf, seg, axis=1).T)
         return sig
 
     def band_hashes(self, sig: np.ndarray) -> np.ndarray:
-        rows = sig.reshape(self.cfg.bands, self.cfg.rows).astype(_U64)
-        return mix64((rows * self.row_mult).sum(axis=1, dtype=_U64) ^ self.band_salt)
+        """uint64 [n_docs, bands] from signatures [n_docs, num_perm]."""
+        rows = sig.reshape(len(sig), self.cfg.bands, self.cfg.rows).astype(_U64)
+        return mix64((rows * self.row_mult).sum(axis=2, dtype=_U64) ^ self.band_salt)
 
-    def bands_of(self, norm: bytes) -> np.ndarray | None:
-        sh = self.shingles(norm)
-        return None if len(sh) == 0 else self.band_hashes(self.signature(sh))
+    def bands_batch(self, texts: list[str]) -> list[np.ndarray | None]:
+        """Band hashes of every text (None for a text without tokens)."""
+        sh, doc = self.shingles(texts)
+        bands = self.band_hashes(self.signatures(sh, doc, len(texts)))
+        has = np.bincount(doc, minlength=len(texts)) > 0
+        return [b if h else None for b, h in zip(bands, has.tolist())]
 
 
-def text_hash(norm: bytes, raw: str) -> int:
-    """Signed 64-bit hash of the normalised text (the raw text when nothing survives normalisation)."""
-    import xxhash
-
-    return int(np.uint64(xxhash.xxh3_64_intdigest(norm or raw.strip().encode("utf-8"))).view(np.int64))
+def exact_key(text: str) -> int:
+    """Signed 64-bit hash of `fold_exact(text)`: the exact-dedup key."""
+    return int(np.uint64(xxhash.xxh3_64_intdigest(fold_exact(text))).view(np.int64))
 
 
 def normalize_url(url: str | None) -> str | None:
@@ -150,26 +166,39 @@ class DedupSignatureStep(PipelineStep):
     name = "🫂 dedup signatures"
     type = "🫂 - DEDUP"
 
-    def __init__(self, cfg: DedupConfig):
+    def __init__(self, cfg: DedupConfig, batch_bytes: int = 1 << 20):
         super().__init__()
         self.cfg = cfg
+        self.batch_bytes = batch_bytes  # docs are signed in batches of about this much text
         self._hasher: MinHasher | None = None
+
+    def _flush(self, batch: list[Document]) -> None:
+        kept = [d for d in batch if d.metadata.get("status", "kept") == "kept"]
+        if not kept:
+            return
+        with self.track_time():
+            bands = self._hasher.bands_batch([d.text for d in kept]) if self.cfg.minhash else [None] * len(kept)
+            for doc, b in zip(kept, bands):
+                meta = doc.metadata
+                meta["text_hash"] = exact_key(doc.text)
+                if self.cfg.minhash:
+                    meta["minhash"] = None if b is None else b.view(np.int64).tolist()
+                meta["url"] = url_of(doc.id, meta)
+        self.stat_update("signed", value=len(kept))
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         if self._hasher is None:
             self._hasher = MinHasher(self.cfg)
+        batch, size = [], 0
         for doc in data:
-            meta = doc.metadata
-            if meta.get("status", "kept") == "kept":
-                with self.track_time():
-                    norm = normalize_bytes(doc.text)
-                    meta["text_hash"] = text_hash(norm, doc.text)
-                    if self.cfg.minhash:
-                        bands = self._hasher.bands_of(norm)
-                        meta["minhash"] = None if bands is None else bands.view(np.int64).tolist()
-                    meta["url"] = url_of(doc.id, meta)
-                self.stat_update("signed")
-            yield doc
+            batch.append(doc)
+            size += len(doc.text)
+            if size >= self.batch_bytes:
+                self._flush(batch)
+                yield from batch
+                batch, size = [], 0
+        self._flush(batch)
+        yield from batch
 
 
 def _first_of_group(df: pl.DataFrame, by: str, reason: str) -> tuple[pl.DataFrame, pl.DataFrame]:

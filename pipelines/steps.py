@@ -108,16 +108,39 @@ class SampleByIdHash(PipelineStep):
             yield doc
 
 
+def text_tokenizer(tokenizer_path: str, control_ids: tuple[int, ...]):
+    """The tokenizer with the builder's own control tokens (EOS, pad: `control_ids`) no longer matched in text, so a
+    literal `<|endoftext|>` in a document is BPE-encoded as the text it is instead of becoming a false document
+    boundary. Every other added token keeps its id (the PII placeholders `|||EMAIL_ADDRESS|||`, `|||PHONE_NUMBER|||`,
+    `|||IP_ADDRESS|||` that Dolma inserted stay single tokens, as in Instella's data). The vocabulary is unchanged, so
+    the original tokenizer decodes the ids back to the text."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    with open(tokenizer_path, encoding="utf-8") as f:
+        config = json.load(f)
+    control = set(control_ids)
+    config["added_tokens"] = [t for t in config.get("added_tokens") or [] if t["id"] not in control]
+    tok = Tokenizer.from_str(json.dumps(config))
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
 class Tokenize(PipelineStep):
-    """Tokenize kept docs in batches with HF `tokenizers` (Rust, multi-threaded) and append EOS."""
+    """Tokenize kept docs in batches with HF `tokenizers` (Rust, multi-threaded) and append EOS. The EOS and pad
+    strings inside a document are tokenized as text (`text_tokenizer`): only the builder writes those ids."""
 
     name = "🔢 tokenize"
     type = "🔢 - TOKENIZER"
 
-    def __init__(self, tokenizer_path: str, eos_id: int, batch_size: int = 512, with_offsets: bool = False):
+    def __init__(self, tokenizer_path: str, eos_id: int, batch_size: int = 512, with_offsets: bool = False,
+                 pad_id: int | None = None):
         super().__init__()
         self.tokenizer_path = tokenizer_path
         self.eos_id = eos_id
+        self.pad_id = pad_id
         self.batch_size = batch_size
         self.with_offsets = with_offsets  # SFT builds need offsets to map answer char spans to tokens
         self._tok = None
@@ -125,11 +148,8 @@ class Tokenize(PipelineStep):
     @property
     def tokenizer(self):
         if self._tok is None:
-            from tokenizers import Tokenizer
-
-            self._tok = Tokenizer.from_file(self.tokenizer_path)
-            self._tok.no_truncation()
-            self._tok.no_padding()
+            control = (self.eos_id,) if self.pad_id is None else (self.eos_id, self.pad_id)
+            self._tok = text_tokenizer(self.tokenizer_path, control)
         return self._tok
 
     def _flush(self, batch: list[Document]) -> None:

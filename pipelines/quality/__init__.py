@@ -1,2 +1,1 @@
-"""Shared text normalisation and vectorised hashing for dedup (`pipelines.dedup`) and decontamination
-(`pipelines.decontam`)."""
+"""Kept for imports of `pipelines.quality.hashing`; the normalisation and hashing live in `pipelines.text`."""

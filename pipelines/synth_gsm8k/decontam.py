@@ -1,17 +1,18 @@
-"""13-gram overlap with the GSM8K test set (lower-cased `[a-z0-9]+` words), the check stage-2 decontamination does."""
+"""13-gram overlap with the GSM8K test set: the same `fold_words` 13-grams (`pipelines/text.py`) that stage-2
+decontamination indexes, so a synthetic row that passes here is not dropped there for the same reason."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-WORD_RE = re.compile(r"[a-z0-9]+")
+from pipelines.text import word_ngram_hashes
+
 N = 13
 
 
-def ngrams(text: str, n: int = N) -> set[str]:
-    words = WORD_RE.findall(text.lower())
-    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+def ngrams(text: str, n: int = N) -> set[int]:
+    """Hashes of the `fold_words` word n-grams of text."""
+    return set(word_ngram_hashes(text, n).tolist())
 
 
 class NgramIndex:
@@ -19,7 +20,7 @@ class NgramIndex:
 
     def __init__(self, texts: list[str], n: int = N):
         self.n = n
-        self.grams: set[str] = set()
+        self.grams: set[int] = set()
         for t in texts:
             self.grams |= ngrams(t, n)
 
