@@ -3,10 +3,11 @@
 Stage A (one task per input file, parallel): read -> sample -> [decontaminate] -> [dedup signatures] -> tokenize ->
 write intermediates under OUT/work/<stage-A hash>/. datatrove's completion markers make a killed build resume: done
 files are skipped, a half-written file is redone (its outputs are only renamed into place when complete).
-Stage B (`pipelines.finalize.stage_b_stages`): global decisions (dedup, exclusion), packing, shard writing and the
-manifest as bounded datatrove stages. It always runs in full; new shards are written beside the previous build and
-swapped in with the manifest last (`pipelines.manifest.swap_in`), so the result is byte-identical to an
-uninterrupted build and a failed stage B leaves the previous build usable.
+Global decisions (`pipelines.dedup_stages`: unique ids, --exclude, exact/URL/MinHash dedup as parallel steps over
+sorted hash files) write one decisions file per stage-A task. Stage B (`pipelines.finalize.stage_b_stages`) applies
+them, packs, writes shards and the manifest as bounded datatrove stages. It always runs in full; new shards are
+written beside the previous build and swapped in with the manifest last (`pipelines.manifest.swap_in`), so the result
+is byte-identical to an uninterrupted build and a failed stage B leaves the previous build usable.
 """
 from __future__ import annotations
 
@@ -199,7 +200,10 @@ def plan_stages(ctx: BuildContext) -> list[Stage]:
     if ctx.tasks:  # a mixture whose sources all matched nothing still gets its (empty) manifest
         stages.append(Stage("stage_a", stage_a_pipeline(ctx), len(ctx.tasks), kind="per-file",
                             description=f"read + tokenize {len(ctx.tasks)} files"))
-    return stages + stage_b_stages(ctx)
+    from pipelines.dedup_stages import global_dedup_stages
+
+    # ids, --exclude, dedup -> work/<hash>/decisions/; then stage B
+    return stages + stage_b_stages(ctx, decide=global_dedup_stages(ctx))
 
 
 def executor_options(ctx: BuildContext) -> ExecutorOptions:

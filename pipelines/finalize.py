@@ -1,7 +1,7 @@
 """Stage B of a build as datatrove stages, each bounded by a task's share of the data (never by the corpus).
 
     decide     global dedup / exclusion / doc-id repair -> decisions/NNNNN.parquet per stage-A task
-               (`pipelines.legacy_decide` until the global dedup stages land; same file format)
+               (`pipelines.dedup_stages`: ids, exclusion, exact/URL/MinHash dedup, parallel over hash buckets)
     documents  one task per stage-A file: apply its decisions; write its manifest `documents` part, its
                `contamination` part and its *pack items* (lengths only: key, copy, n_tokens, token offset, ...)
     pack       concat: partition items by sort-key range (P tasks) -> prefix token offsets (1 task) -> cut each
@@ -240,15 +240,14 @@ class ApplyDecisions(PipelineStep):
         return table.sort_by([("sort_key", "ascending"), ("key", "ascending"), ("copy", "ascending")])
 
 
-def stage_b_stages(ctx: BuildContext, decide: list[Stage] | None = None) -> list[Stage]:
+def stage_b_stages(ctx: BuildContext, decide: list[Stage]) -> list[Stage]:
     """The global stages of a build, in order. `decide` = the stages that write decisions files."""
-    from pipelines.legacy_decide import legacy_decide_stages
     from pipelines.manifest import DUCKDB_MEMORY_LIMIT, WriteManifest
     from pipelines.packing import pack_stages
     from pipelines.shards.writer import WriteShards
 
     lay = plan_layout(ctx)
-    stages = list(decide) if decide is not None else legacy_decide_stages(ctx)
+    stages = list(decide)
     if lay.n_tasks:
         stages.append(Stage("documents", [ApplyDecisions(ctx, lay)], lay.n_tasks,
                             description=f"apply decisions to {lay.n_tasks} files"))
