@@ -18,6 +18,8 @@ from pathlib import Path
 from datatrove.pipeline.base import PipelineStep
 
 from pipelines.executors import ExecutorOptions
+from pipelines.remap import SourceMap
+from pipelines.rowsteps import task_fetch, task_filter
 from pipelines.sources import HF_PREFIX, resolve_source
 from pipelines.spec import MixtureSpec
 from pipelines.stages import Stage
@@ -30,6 +32,7 @@ from pipelines.steps import (
 class BuildOptions:
     out: str
     source_root: str | None = None
+    source_map: tuple[str, ...] = ()  # PREFIX=DIR items (pipelines/remap.py); source_root is hf://datasets/=DIR
     seed: int | None = None  # default: the spec's seed
     max_tokens: int | None = None
     workers: int = 1
@@ -117,14 +120,16 @@ def prepare(spec: MixtureSpec, opts: BuildOptions) -> BuildContext:
 
     tasks: list[FileTask] = []
     sources: list[dict] = []
+    source_map = SourceMap.parse(opts.source_map, opts.source_root)
     for s in spec.sources:
-        resolved = resolve_source(s.uri, opts.source_root)
+        resolved = resolve_source(source_map.apply(s.uri), opts.source_root)
         condition = "ok" if resolved.files else ("optional-missing" if s.optional else "no-files")
         sources.append({"source": s.name, "uri": s.uri, "resolved": resolved.resolved, "sample": s.sample,
-                        "n_files": len(resolved.files), "condition": condition})
+                        "n_files": len(resolved.files), "condition": condition, "planned_share": s.share})
         for f in resolved.files:
-            tasks.append(FileTask(source=s.name, path=f, display=_display_uri(f, opts.source_root), fmt=s.format,
-                                  text_key=s.text_key, id_key=s.id_key, sample=s.sample))
+            tasks.append(FileTask(source=s.name, path=f, display=source_map.canonical(f) or _display_uri(f, opts.source_root),
+                                  fmt=s.format, text_key=s.text_key, id_key=s.id_key, sample=s.sample,
+                                  fetch=task_fetch(s, source_map), filter=task_filter(s)))
 
     with_mask = bool(spec.packing.get("loss_mask", False))
     stage_a = {

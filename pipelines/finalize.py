@@ -209,8 +209,8 @@ def finalize_build(ctx: BuildContext) -> Path:
 
     sources = pl.DataFrame(ctx.sources).join(
         docs.group_by("source").agg(pl.len().alias("n_docs")), on="source", how="left"
-    ).with_columns(pl.col("n_docs").fill_null(0).cast(pl.Int64)).select(
-        "source", "uri", "resolved", "sample", "n_files", "n_docs", "condition")
+    ).with_columns(pl.col("n_docs").fill_null(0).cast(pl.Int64), pl.col("planned_share").cast(pl.Float64)).select(
+        "source", "uri", "resolved", "sample", "n_files", "n_docs", "condition", "planned_share")
     finished = dt.datetime.now(dt.timezone.utc)
     started = dt.datetime.fromisoformat(ctx.started_at)
     build = pl.DataFrame([{
@@ -224,6 +224,7 @@ def finalize_build(ctx: BuildContext) -> Path:
         "max_tokens": ctx.opts.max_tokens, "executor": ctx.opts.executor, "workers": ctx.opts.workers,
         "source_root": ctx.opts.source_root, "exclude": json.dumps(list(ctx.opts.exclude)),
         "packing": json.dumps(ctx.spec.packing), "has_loss_mask": ctx.with_mask,
+        "target_tokens": ctx.spec.tokens, "source_map": json.dumps(list(ctx.opts.source_map)),
     }])
     documents = docs.select("doc_id", "source", "file", "line", "n_chars", "n_tokens", "status", "reason",
                             "n_copies", "duplicate_of", "detail")

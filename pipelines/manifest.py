@@ -41,8 +41,17 @@ LEFT JOIN rate r USING (source)
 ORDER BY n_tokens DESC, src.source
 """
 
+# Planned (spec `share:`, of the spec's `tokens:`) vs achieved share of every source (pipelines/targets.py).
+SHARE_PLAN_VIEW = """
+CREATE VIEW share_plan AS
+SELECT src.source, src.planned_share, c.share AS achieved_share,
+       src.planned_share * CAST((SELECT target_tokens FROM build) AS DOUBLE) AS planned_tokens, c.n_tokens AS achieved_tokens
+FROM sources src JOIN composition c USING (source)
+ORDER BY src.source
+"""
+
 # More views (SQL) that packers register on import, e.g. the long-context `padding` view.
-EXTRA_VIEWS: list[str] = []
+EXTRA_VIEWS: list[str] = [SHARE_PLAN_VIEW]
 
 
 def write_manifest(out: Path, tables: dict[str, pl.DataFrame]) -> Path:

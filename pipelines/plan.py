@@ -15,6 +15,7 @@ import fsspec
 
 from pipelines.formats import container_of, to_text
 from pipelines.stages import Stage
+from pipelines.targets import required_rate
 
 SAMPLE_FILES = 3
 SAMPLE_BYTES = 4 << 20
@@ -34,6 +35,8 @@ class SourceEstimate:
     est_records: int | None = None  # records in all files (before sampling)
     est_tokens: int | None = None  # tokens written (after sampling), EOS included
     note: str = ""
+    share: float | None = None  # planned share of the spec's `tokens:`
+    rate_needed: float | None = None  # the `sample:` that would make share × tokens (pipelines/targets.py)
 
 
 @dataclass
@@ -166,9 +169,12 @@ def plan_build(ctx, stages: list[Stage]) -> BuildPlan:
         by_source.setdefault(t.source, []).append(t.path)
     sources = []
     for s in ctx.spec.sources:
-        sources.append(estimate_source(s.name, by_source.get(s.name, []), s.format, s.text_key, s.sample, tok))
+        est = estimate_source(s.name, by_source.get(s.name, []), s.format, s.text_key, s.sample, tok)
+        est.share = s.share
+        est.rate_needed = required_rate(s.share, ctx.spec.tokens, est.est_tokens, s.sample)
+        sources.append(est)
     n_records = sum(s.est_records or 0 for s in sources)
     n_tokens = sum(s.est_tokens or 0 for s in sources)
-    plan = BuildPlan(sources=sources, stages=[], token_bytes=token_bytes)
+    plan = BuildPlan(sources=sources, stages=[], token_bytes=token_bytes, extra={"target_tokens": ctx.spec.tokens})
     plan.stages = [estimate_stage(st, n_records, n_tokens, token_bytes) for st in stages]
     return plan

@@ -19,6 +19,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from pipelines import _logging  # noqa: F401  (quiet datatrove console in every worker)
 from pipelines.formats import iter_records
+from pipelines.rowsteps import row_transform
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class FileTask:
     text_key: str
     id_key: str
     sample: float
+    fetch: dict | None = None  # text fetched from elsewhere by a key of the row (pipelines/fetch.py)
+    filter: dict | None = None  # keep only rows whose fields have these values (pipelines/rowsteps.py)
 
 
 class ReadSourceFile(PipelineStep):
@@ -48,7 +51,8 @@ class ReadSourceFile(PipelineStep):
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         task = self.tasks[rank]
         base = Path(task.path).name
-        for rec in iter_records(task.path, task.fmt, task.text_key, task.id_key):
+        rows = row_transform(task.filter, task.fetch, task.text_key, task.id_key)
+        for rec in iter_records(task.path, task.fmt, task.text_key, task.id_key, enrich=rows):
             if rec.reason and self.strict:
                 raise ValueError(f"{task.path}:{rec.line}: {rec.reason} ({rec.detail})")
             doc_id = rec.doc_id if rec.doc_id is not None else f"{task.source}/{base}:{rec.line}"
