@@ -76,8 +76,12 @@ def _decompress_prefix(path: str, data: bytes) -> bytes:
     return data
 
 
-def _sample_texts(path: str, fmt: str, text_key: str) -> tuple[list[str], int, int]:
-    """(texts of complete records in the sampled prefix, records in that prefix, stored bytes that prefix spans)."""
+def _sample_texts(path: str, fmt: str, text_key: str, keep=None) -> tuple[list[str], int, int]:
+    """(texts of complete records in the sampled prefix, records in that prefix, stored bytes that prefix spans);
+    records a source's `filter:` leaves out (`keep` false) count as records without text."""
+    def render(rec) -> str | None:
+        return to_text(rec, fmt, text_key)[0] if keep is None or keep(rec) else None
+
     fs, p = fsspec.core.url_to_fs(path)
     if container_of(path) == "parquet":
         import pyarrow.parquet as pq
@@ -89,7 +93,7 @@ def _sample_texts(path: str, fmt: str, text_key: str) -> tuple[list[str], int, i
                 return [], 0, 0
             table = pf.read_row_group(0)
         rows = table.slice(0, SAMPLE_RECORDS).to_pylist()
-        texts = [t for t in (to_text(r, fmt, text_key)[0] for r in rows) if t]
+        texts = [t for t in (render(r) for r in rows) if t]
         # scale: the sampled rows stand for their share of the file's bytes
         return texts, len(rows), int(fs.size(p) * len(rows) / n_rows)
     with fs.open(p, "rb") as f:
@@ -104,13 +108,13 @@ def _sample_texts(path: str, fmt: str, text_key: str) -> tuple[list[str], int, i
             items = json.loads(data) if whole else []
         except ValueError:
             items = []
-        texts = [t for t in (to_text(r, fmt, text_key)[0] for r in items[:SAMPLE_RECORDS]) if t]
+        texts = [t for t in (render(r) for r in items[:SAMPLE_RECORDS]) if t]
         return texts, len(items), len(raw) if items else 0
     lines = [ln for ln in data.splitlines() if ln.strip()]
     texts = []
     for ln in lines[:SAMPLE_RECORDS]:
         try:
-            t = to_text(json.loads(ln), fmt, text_key)[0]
+            t = render(json.loads(ln))
         except (ValueError, TypeError, AttributeError):
             continue
         if t:
@@ -119,7 +123,8 @@ def _sample_texts(path: str, fmt: str, text_key: str) -> tuple[list[str], int, i
     return texts, len(lines), len(raw)
 
 
-def estimate_source(name: str, files: list[str], fmt: str, text_key: str, sample: float, tokenizer) -> SourceEstimate:
+def estimate_source(name: str, files: list[str], fmt: str, text_key: str, sample: float, tokenizer,
+                    keep=None) -> SourceEstimate:
     sizes = []
     for f in files:
         fs, p = fsspec.core.url_to_fs(f)
@@ -131,15 +136,17 @@ def estimate_source(name: str, files: list[str], fmt: str, text_key: str, sample
     tok_total = rec_total = byte_total = 0
     for f in files[:SAMPLE_FILES]:
         try:
-            texts, n_records, n_bytes = _sample_texts(f, fmt, text_key)
+            texts, n_records, n_bytes = _sample_texts(f, fmt, text_key, keep)
         except Exception as e:  # an estimate must never stop the dry-run; the build reports bad files properly
             est.note = f"could not sample {f}: {type(e).__name__}"
             continue
-        if not texts or not n_bytes:
+        if not n_bytes or (not texts and keep is None):
             continue
-        encs = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        per_record = (sum(len(e.ids) for e in encs) + len(encs)) / len(texts)  # + EOS
-        tok_total += per_record * n_records
+        if texts:
+            encs = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+            per_record = (sum(len(e.ids) for e in encs) + len(encs)) / len(texts)  # + EOS
+            # a filtered source: only the rows its filter keeps make tokens
+            tok_total += per_record * (n_records if keep is None else len(texts))
         rec_total += n_records
         byte_total += n_bytes
     if byte_total:
@@ -169,7 +176,8 @@ def plan_build(ctx, stages: list[Stage]) -> BuildPlan:
         by_source.setdefault(t.source, []).append(t.path)
     sources = []
     for s in ctx.spec.sources:
-        est = estimate_source(s.name, by_source.get(s.name, []), s.format, s.text_key, s.sample, tok)
+        keep = (lambda rec, f=s.filter: all(rec.get(k) in v for k, v in f.items())) if s.filter else None
+        est = estimate_source(s.name, by_source.get(s.name, []), s.format, s.text_key, s.sample, tok, keep)
         est.share = s.share
         est.rate_needed = required_rate(s.share, ctx.spec.tokens, est.est_tokens, s.sample)
         sources.append(est)

@@ -302,3 +302,20 @@ def test_token_targets_rate_needed_and_planned_vs_achieved(tmp_path: Path):
         planned, got, planned_tokens, got_tokens = plan_rows[name]
         assert planned == 0.5 and planned_tokens == 1500 and got == pytest.approx(achieved[name]) and got_tokens > 0
     assert q(out, "SELECT target_tokens FROM build") == [(3000.0,)]
+
+
+def test_dry_run_estimates_a_filtered_source_from_its_kept_rows(tmp_path: Path):
+    from pipelines.build import BuildOptions, dry_run
+
+    folder = tmp_path / "tulu"
+    folder.mkdir()
+    rows = [{"id": f"r{i}", "source": "keep" if i < 10 else "other",
+             "messages": [{"role": "user", "content": "word " * 50}, {"role": "assistant", "content": "ok"}]}
+            for i in range(100)]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "train-0.parquet")
+    src = {"name": "t", "uri": f"{folder}/*.parquet", "format": "messages"}
+    est = {}
+    for name, extra in (("all", {}), ("subset", {"filter": {"source": ["keep"]}})):
+        spec = load_spec(str(mini_spec(tmp_path, [{**src, **extra}])))
+        (est[name],) = dry_run(spec, BuildOptions(out=str(tmp_path / "o"), progress=False)).sources
+    assert est["subset"].est_tokens == pytest.approx(est["all"].est_tokens / 10, rel=0.01)
