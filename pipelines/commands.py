@@ -201,9 +201,9 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             SourceMap.parse(source_map or [], source_root)
         except SourceMapError as e:
             _fail(str(e))
-        opts = BuildOptions(out=str(out), source_root=source_root, source_map=tuple(source_map or ()), seed=seed, max_tokens=max_tokens, workers=workers,
-                            executor=executor, executor_options=opts_kv, strict=strict,
-                            exclude=tuple(str(p) for p in exclude or ()), progress=progress)
+        opts = BuildOptions(out=str(out), source_root=source_root, source_map=tuple(source_map or ()), seed=seed,
+                            max_tokens=max_tokens, workers=workers, executor=executor, executor_options=opts_kv,
+                            strict=strict, exclude=tuple(str(p) for p in exclude or ()), progress=progress)
         if dry_run:
             from pipelines.build import dry_run as plan_only
 

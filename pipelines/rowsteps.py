@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from pipelines.spec import SourceSpec
 
 
+# Reasons that are a spec's selection, not bad input: `--strict` does not stop on them.
+SELECTED_OUT = ("filtered-out",)
+
+
 class RowFilter:
     def __init__(self, allowed: dict[str, list[Any]], id_key: str):
         self.allowed = allowed

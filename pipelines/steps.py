@@ -19,7 +19,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from pipelines import _logging  # noqa: F401  (quiet datatrove console in every worker)
 from pipelines.formats import iter_records
-from pipelines.rowsteps import row_transform
+from pipelines.rowsteps import SELECTED_OUT, row_transform
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class ReadSourceFile(PipelineStep):
         base = Path(task.path).name
         rows = row_transform(task.filter, task.fetch, task.text_key, task.id_key)
         for rec in iter_records(task.path, task.fmt, task.text_key, task.id_key, enrich=rows):
-            if rec.reason and self.strict:
+            if rec.reason and self.strict and rec.reason not in SELECTED_OUT:  # a filter's choice is no bad input
                 raise ValueError(f"{task.path}:{rec.line}: {rec.reason} ({rec.detail})")
             doc_id = rec.doc_id if rec.doc_id is not None else f"{task.source}/{base}:{rec.line}"
             meta = {

@@ -219,6 +219,11 @@ def test_long_sft_renderers_and_tulu_subset(tmp_path: Path):
     pq.write_table(pa.Table.from_pylist(tulu_rows), tulu / "train-00000-of-00001.parquet")
     sources = [shipped_source("long-sft", n) for n in ("openmathinstruct-2", "mmlu-auxiliary", "tulu3-if")]
     spec = mini_spec(tmp_path, sources, packing={"mode": "sft", "loss_mask": True})
+    # --strict stops on bad input, not on rows a filter leaves out (the bad MMLU row is left out of this run)
+    pq.write_table(pa.Table.from_pylist(mmlu_rows[:1]), mmlu / "train-00000-of-00001.parquet")
+    strict = build(spec, tmp_path / "strict", source_root=str(hub), strict=True)
+    assert dict(q(strict, "SELECT reason, count(*) FROM documents GROUP BY 1"))["filtered-out"] == 3
+    pq.write_table(pa.Table.from_pylist(mmlu_rows), mmlu / "train-00000-of-00001.parquet")
     out = build(spec, tmp_path / "out", source_root=str(hub))
     texts = decoded_texts(out)
     omi_texts = [t for d, t in texts.items() if "boxed" in t]
