@@ -324,3 +324,32 @@ def test_dry_run_estimates_a_filtered_source_from_its_kept_rows(tmp_path: Path):
         spec = load_spec(str(mini_spec(tmp_path, [{**src, **extra}])))
         (est[name],) = dry_run(spec, BuildOptions(out=str(tmp_path / "o"), progress=False)).sources
     assert est["subset"].est_tokens == pytest.approx(est["all"].est_tokens / 10, rel=0.01)
+
+
+def test_fetch_concurrency_is_bounded(monkeypatch):
+    import threading
+    import time
+
+    import fsspec
+
+    from pipelines.fetch import BlobFetcher, FetchConfig
+
+    lock, state = threading.Lock(), {"now": 0, "max": 0}
+
+    class Slow:
+        def cat_file(self, path):
+            with lock:
+                state["now"] += 1
+                state["max"] = max(state["max"], state["now"])
+            time.sleep(0.02)
+            with lock:
+                state["now"] -= 1
+            return gzip.compress(path.encode())
+
+    monkeypatch.setattr(fsspec.core, "url_to_fs", lambda uri, **kw: (Slow(), uri))
+    cfg = FetchConfig(uri="s3://bucket/{blob_id}", concurrency=4)
+    fetcher = BlobFetcher(cfg, cfg.uri, "text", "blob_id")
+    fetcher.cache = None  # no content cache: every row reaches the store
+    rows = fetcher([{"blob_id": f"b{i}"} for i in range(24)])
+    assert [r["text"] for r in rows] == [f"s3://bucket/b{i}" for i in range(24)]  # row order kept
+    assert 1 < state["max"] <= 4
