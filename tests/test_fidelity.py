@@ -131,9 +131,16 @@ def test_python_edu_blobs_through_source_map(tmp_path: Path):
         (tmp_path / "swh/content").mkdir(parents=True, exist_ok=True)
         (tmp_path / "swh/content" / blob_id).write_bytes(gzip.compress(text.encode()))
     src = {**shipped_source("stage2", "python-edu"), "sample": 1.0}
-    out = build(mini_spec(tmp_path, [src]), tmp_path / "out", source_root=str(tmp_path / "hub"),
-                source_map=(f"s3://softwareheritage/={tmp_path / 'swh'}",))
+    spec = mini_spec(tmp_path, [src])
+    source_map = (f"s3://softwareheritage/={tmp_path / 'swh'}",)
+    out = build(spec, tmp_path / "out", source_root=str(tmp_path / "hub"), source_map=source_map)
     check_python_edu_build(out)
+    # the dry-run measures a fetch source on fetched text (here every row: the sample covers the whole file)
+    from pipelines.build import BuildOptions, dry_run
+
+    (est,) = dry_run(load_spec(str(spec)), BuildOptions(out=str(tmp_path / "dry"), source_root=str(tmp_path / "hub"),
+                                                        source_map=source_map)).sources
+    assert est.est_tokens == q(out, "SELECT n_tokens FROM composition")[0][0]
 
 
 def test_fetch_retries_transient_errors_then_fails_with_the_blob(tmp_path: Path, monkeypatch):
