@@ -20,6 +20,7 @@ from datatrove.pipeline.base import PipelineStep
 from pipelines import _logging  # noqa: F401  (quiet datatrove console in every worker)
 from pipelines.errors import SourceFileError
 from pipelines.formats import iter_records
+from pipelines.rowsteps import SELECTED_OUT, row_transform
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class FileTask:
     sample: float
     relative: str = ""  # path relative to the source's root: unique within the source, so default ids never collide
     identity: str = ""  # size/mtime/ETag...: part of the stage-A cache key, so a file changed in place is re-read
+    fetch: dict | None = None  # text fetched from elsewhere by a key of the row (pipelines/fetch.py)
+    filter: dict | None = None  # keep only rows whose fields have these values (pipelines/rowsteps.py)
 
     def default_id(self, line: int) -> str:
         """Id of a record without one: `<source>/<path relative to the source root>:<line>`, unique in a build
@@ -55,8 +58,9 @@ class ReadSourceFile(PipelineStep):
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         task = self.tasks[rank]
-        for rec in iter_records(task.path, task.fmt, task.text_key, task.id_key):
-            if rec.reason and self.strict:
+        rows = row_transform(task.filter, task.fetch, task.text_key, task.id_key)
+        for rec in iter_records(task.path, task.fmt, task.text_key, task.id_key, enrich=rows):
+            if rec.reason and self.strict and rec.reason not in SELECTED_OUT:  # a filter's choice is no bad input
                 raise SourceFileError(f"{task.path}:{rec.line}: {rec.reason} ({rec.detail})")
             doc_id = rec.doc_id if rec.doc_id is not None else task.default_id(rec.line)
             meta = {
