@@ -19,10 +19,10 @@ from datatrove.pipeline.base import PipelineStep
 
 from pipelines.executors import ExecutorOptions
 from pipelines.sources import HF_PREFIX, resolve_source
-from pipelines.spec import MixtureSpec
+from pipelines.spec import EXTRA_FORMATS, MixtureSpec
 from pipelines.stages import Stage
 from pipelines.steps import (
-    FileTask, ReadSourceFile, SampleByIdHash, Tokenize, WriteIntermediate,
+    FileTask, ReadSourceFile, SampleByIdHash, WriteIntermediate,
 )
 
 
@@ -124,13 +124,16 @@ def prepare(spec: MixtureSpec, opts: BuildOptions) -> BuildContext:
                         "n_files": len(resolved.files), "condition": condition})
         for f in resolved.files:
             tasks.append(FileTask(source=s.name, path=f, display=_display_uri(f, opts.source_root), fmt=s.format,
-                                  text_key=s.text_key, id_key=s.id_key, sample=s.sample))
+                                  text_key=s.text_key, id_key=s.id_key, sample=s.sample,
+                                  options=({**s.options, "build_tokenizer": tokenizer_path}
+                                           if s.format in EXTRA_FORMATS else None)))
 
     with_mask = bool(spec.packing.get("loss_mask", False))
     stage_a = {
         "tasks": [t.__dict__ for t in tasks], "tokenizer_sha256": _sha256_file(tokenizer_path), "eos": eos_id,
         "seed": seed, "strict": opts.strict, "decontaminate": spec.decontaminate, "dedup": spec.dedup,
         "with_mask": with_mask, "format_version": 1,
+        **({"tokenization": spec.tokenization} if spec.tokenization != "default" else {}),
     }
     stage_a_hash = hashlib.sha256(json.dumps(stage_a, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return BuildContext(
@@ -154,8 +157,14 @@ def stage_a_pipeline(ctx: BuildContext) -> list[PipelineStep]:
         from pipelines.dedup import DedupConfig, DedupSignatureStep
 
         steps.append(DedupSignatureStep(DedupConfig.from_spec(ctx.spec.dedup)))
+    if any(s.format == "chat" for s in ctx.spec.sources):
+        from pipelines.sft_chat import ChatTemplateTokenize
+
+        steps.append(ChatTemplateTokenize(ctx.tokenizer_path, ctx.eos_id, ctx.spec.seq_len))
+    from pipelines.tokenize_modes import tokenize_step
+
     steps += [
-        Tokenize(ctx.tokenizer_path, ctx.eos_id, with_offsets=ctx.with_mask),
+        tokenize_step(ctx.spec.tokenization, ctx.tokenizer_path, ctx.eos_id, with_offsets=ctx.with_mask),
         WriteIntermediate(os.path.join(ctx.work_dir, "docs"), ctx.tasks, with_mask=ctx.with_mask),
     ]
     return steps

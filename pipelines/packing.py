@@ -59,6 +59,10 @@ def get_packer(mode: str) -> Callable[[PackInput], PackResult]:
                 importlib.import_module(module)
             except ModuleNotFoundError:
                 pass
+    if mode == "sft-4k" and mode not in PACKERS:  # Instella-3B-SFT rows (pipelines/sft_packing.py)
+        from pipelines.sft_packing import pack_sft_rows
+
+        PACKERS[mode] = pack_sft_rows
     if mode not in PACKERS:
         raise ValueError(f"unknown packing mode {mode!r}; available: {sorted(PACKERS)}")
     return PACKERS[mode]

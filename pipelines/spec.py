@@ -17,6 +17,9 @@ REPO_ROOT = MIXTURES_DIR.parent
 # How a record becomes text (see pipelines/formats.py); the container (jsonl/gz/zst/parquet/json array) is inferred
 # from the file name.
 FORMATS = ("text", "messages", "conversations", "question_answer")
+# pre-tokenized MDS shards (pipelines/read_mds.py) and chat turns for the SFT template (pipelines/sft_chat.py)
+EXTRA_FORMATS = ("mds", "chat")
+TOKENIZATIONS = ("default", "dolma")  # spec key `tokenization` (pipelines/tokenize_modes.py)
 
 
 class SpecError(ValueError):
@@ -51,6 +54,7 @@ class MixtureSpec:
     packing: dict[str, Any] = field(default_factory=lambda: {"mode": "concat"})
     dedup: dict[str, Any] | None = None
     decontaminate: dict[str, Any] | None = None
+    tokenization: str = "default"  # "dolma": dolma-tokens-compatible text handling (pipelines/tokenize_modes.py)
     path: str = ""  # where the spec was loaded from (not part of the hash)
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,6 +107,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "optional": (bool,), "packing": (str, dict), "options": (dict,), "seq_len": (int,), "tokenizer": (str,),
     "sources": (list,), "description": (str,), "eos_id": (int,), "pad_id": (int,), "rope_theta": (int, float),
     "seed": (int,), "shard_tokens": (int,), "dedup": (dict,), "decontaminate": (dict,),
+    "tokenization": (str,),
 }
 
 
@@ -131,6 +136,8 @@ def parse_spec(raw: Any, path: str = "<spec>") -> MixtureSpec:
     if cls_packing := data.get("packing"):
         if not isinstance(cls_packing, dict):
             raise SpecError(f"{path}: field 'packing' must be a mapping like {{mode: concat}}")
+    if data.get("tokenization", "default") not in TOKENIZATIONS:
+        raise SpecError(f"{path}: field 'tokenization' must be one of {list(TOKENIZATIONS)}, got {data['tokenization']!r}")
     if data["seq_len"] <= 0:
         raise SpecError(f"{path}: field 'seq_len' must be positive, got {data['seq_len']}")
     if not data["sources"]:
@@ -145,8 +152,12 @@ def parse_spec(raw: Any, path: str = "<spec>") -> MixtureSpec:
         seen.add(s["name"])
         if s.get("sample", 1.0) < 0:
             raise SpecError(f"{where}: field 'sample' must be >= 0, got {s['sample']}")
-        if s.get("format", "text") not in FORMATS:
-            raise SpecError(f"{where}: field 'format' must be one of {list(FORMATS)}, got {s['format']!r}")
+        if s.get("format", "text") not in FORMATS + EXTRA_FORMATS:
+            raise SpecError(f"{where}: field 'format' must be one of {list(FORMATS + EXTRA_FORMATS)}, got {s['format']!r}")
+        if s.get("format") in EXTRA_FORMATS:
+            from pipelines.extra_formats import validate_source_options
+
+            validate_source_options(where, s["format"], s.get("options") or {})
         sources.append(SourceSpec(**{**s, "sample": float(s.get("sample", 1.0))}))
     data["sources"] = tuple(sources)
     if "rope_theta" in data:

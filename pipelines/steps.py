@@ -19,6 +19,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from pipelines import _logging  # noqa: F401  (quiet datatrove console in every worker)
 from pipelines.formats import iter_records
+from pipelines.spec import EXTRA_FORMATS
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class FileTask:
     text_key: str
     id_key: str
     sample: float
+    options: dict | None = None  # the source's `options`, for the readers of EXTRA_FORMATS (mds, chat)
 
 
 class ReadSourceFile(PipelineStep):
@@ -48,7 +50,13 @@ class ReadSourceFile(PipelineStep):
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         task = self.tasks[rank]
         base = Path(task.path).name
-        for rec in iter_records(task.path, task.fmt, task.text_key, task.id_key):
+        if task.fmt in EXTRA_FORMATS:
+            from pipelines.extra_formats import read_extra
+
+            records = read_extra(task)
+        else:
+            records = iter_records(task.path, task.fmt, task.text_key, task.id_key)
+        for rec in records:
             if rec.reason and self.strict:
                 raise ValueError(f"{task.path}:{rec.line}: {rec.reason} ({rec.detail})")
             doc_id = rec.doc_id if rec.doc_id is not None else f"{task.source}/{base}:{rec.line}"
@@ -60,6 +68,7 @@ class ReadSourceFile(PipelineStep):
             }
             if rec.answer_spans:
                 meta["answer_spans"] = rec.answer_spans
+            meta.update(getattr(rec, "extra", None) or {})  # tokens / turns from pipelines.extra_formats readers
             self.stat_update("records")
             if rec.reason:
                 self.stat_update(f"dropped:{rec.reason}")
@@ -126,7 +135,8 @@ class Tokenize(PipelineStep):
         return self._tok
 
     def _flush(self, batch: list[Document]) -> None:
-        kept = [d for d in batch if d.metadata["status"] == "kept"]
+        # docs that arrive tokenized (pre-tokenized MDS, SFT chat template) keep their tokens
+        kept = [d for d in batch if d.metadata["status"] == "kept" and "tokens" not in d.metadata]
         if not kept:
             return
         texts = [d.text for d in kept]
@@ -211,7 +221,10 @@ class WriteIntermediate(PipelineStep):
                 if tokens is not None:
                     tok_f.write(tokens.tobytes())
                     if self.with_mask:
-                        mask_f.write(answer_mask(n, m.pop("offsets", []), m.get("answer_spans", [])).tobytes())
+                        mask = m.pop("mask", None)  # a step that builds its own loss mask (SFT chat template)
+                        if mask is None:
+                            mask = answer_mask(n, m.pop("offsets", []), m.get("answer_spans", []))
+                        mask_f.write(mask.tobytes())
                 for k, v in (("doc_id", doc.id), ("source", m["source"]), ("file", m["file"]), ("line", m["line"]),
                              ("n_chars", m["n_chars"]), ("n_tokens", n if tokens is not None else None),
                              ("status", m["status"]), ("reason", m["reason"]), ("detail", m.get("detail", "")),

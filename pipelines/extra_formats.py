@@ -1,0 +1,39 @@
+"""Source formats read outside `formats.iter_records`: `mds` (pre-tokenized, pipelines/read_mds.py) and `chat`
+(turns for Instella's SFT template, pipelines/sft_chat.py). `ReadSourceFile` dispatches here; spec.py validates
+their `options` here."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # steps imports datatrove; spec validation must stay light
+    from pipelines.formats import Record
+    from pipelines.steps import FileTask
+
+
+def validate_source_options(where: str, fmt: str, options: dict) -> None:
+    """SpecError naming the spec file and field for bad `options` of an mds/chat source."""
+    from pipelines.spec import SpecError
+
+    if fmt == "mds":
+        if not isinstance(options.get("tokenizer"), str):
+            raise SpecError(f"{where}: field 'options.tokenizer' is required with format: mds — the tokenizer "
+                            "(path or name) the input_ids were made with")
+        for k in ("input_ids_key", "indices_key"):
+            if k in options and not isinstance(options[k], str):
+                raise SpecError(f"{where}: field 'options.{k}' must be a column name (str)")
+    elif fmt == "chat":
+        from pipelines.sft_chat import validate_chat_options
+
+        validate_chat_options(where, options)
+
+
+def read_extra(task: "FileTask") -> "Iterator[Record]":
+    options = task.options or {}
+    if task.fmt == "mds":
+        from pipelines.read_mds import iter_mds_records
+
+        return iter_mds_records(task.path, task.source, options)
+    from pipelines.sft_chat import iter_chat_records
+
+    return iter_chat_records(task.path, task.id_key, options)
