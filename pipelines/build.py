@@ -19,7 +19,8 @@ from datatrove.pipeline.base import PipelineStep
 
 from pipelines.executors import ExecutorOptions
 from pipelines.sources import HF_PREFIX, resolve_source
-from pipelines.spec import EXTRA_FORMATS, MixtureSpec
+from pipelines.extra_formats import task_options
+from pipelines.spec import MixtureSpec
 from pipelines.stages import Stage
 from pipelines.steps import (
     FileTask, ReadSourceFile, SampleByIdHash, WriteIntermediate,
@@ -125,8 +126,7 @@ def prepare(spec: MixtureSpec, opts: BuildOptions) -> BuildContext:
         for f in resolved.files:
             tasks.append(FileTask(source=s.name, path=f, display=_display_uri(f, opts.source_root), fmt=s.format,
                                   text_key=s.text_key, id_key=s.id_key, sample=s.sample,
-                                  options=({**s.options, "build_tokenizer": tokenizer_path}
-                                           if s.format in EXTRA_FORMATS else None)))
+                                  options=task_options(spec, s, tokenizer_path)))
 
     with_mask = bool(spec.packing.get("loss_mask", False))
     stage_a = {

@@ -28,6 +28,24 @@ def validate_source_options(where: str, fmt: str, options: dict) -> None:
         validate_chat_options(where, options)
 
 
+def task_options(spec, source, build_tokenizer: str) -> dict | None:
+    """The options a FileTask of `source` carries (None for formats.iter_records formats): an mds source's
+    tokenizer resolved now, so a missing one is a SpecError before any work starts."""
+    from pipelines.spec import EXTRA_FORMATS, SpecError
+
+    if source.format not in EXTRA_FORMATS:
+        return None
+    options = {**source.options, "build_tokenizer": build_tokenizer}
+    if source.format == "mds":
+        import dataclasses
+
+        try:
+            options["tokenizer"] = dataclasses.replace(spec, tokenizer=options["tokenizer"]).resolve_tokenizer()
+        except SpecError as e:
+            raise SpecError(f"{spec.path}: source '{source.name}': field 'options.tokenizer': {e}") from e
+    return options
+
+
 def read_extra(task: "FileTask") -> "Iterator[Record]":
     options = task.options or {}
     if task.fmt == "mds":

@@ -49,6 +49,13 @@ def register_packer(name: str):
     return deco
 
 
+# packers living in their own modules, registered here by name (imported on first use)
+EXPLICIT_PACKERS: dict[str, tuple[str, str]] = {
+    "sft-4k": ("pipelines.sft_packing", "pack_sft_rows"),  # Instella-3B-SFT: one conversation per row
+    "mds-rows": ("pipelines.mds_packing", "pack_mds_rows"),  # pre-packed MDS rows kept as they were
+}
+
+
 def get_packer(mode: str) -> Callable[[PackInput], PackResult]:
     if mode not in PACKERS:
         # packers defined outside this module register on import
@@ -59,12 +66,13 @@ def get_packer(mode: str) -> Callable[[PackInput], PackResult]:
                 importlib.import_module(module)
             except ModuleNotFoundError:
                 pass
-    if mode == "sft-4k" and mode not in PACKERS:  # Instella-3B-SFT rows (pipelines/sft_packing.py)
-        from pipelines.sft_packing import pack_sft_rows
+    if mode in EXPLICIT_PACKERS and mode not in PACKERS:
+        import importlib
 
-        PACKERS[mode] = pack_sft_rows
+        module, fn = EXPLICIT_PACKERS[mode]
+        PACKERS[mode] = getattr(importlib.import_module(module), fn)
     if mode not in PACKERS:
-        raise ValueError(f"unknown packing mode {mode!r}; available: {sorted(PACKERS)}")
+        raise ValueError(f"unknown packing mode {mode!r}; available: {sorted(set(PACKERS) | set(EXPLICIT_PACKERS))}")
     return PACKERS[mode]
 
 

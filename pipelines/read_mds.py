@@ -2,7 +2,7 @@
 
 A source `format: mds` lists `index.json` files (one MDS directory each, e.g.
 `hf://datasets/amd/Instella-Long/pretrain-phase-1/**/index.json`) and names, in `options.tokenizer`, the tokenizer
-the ids were made with. Every sample holds `input_ids`; when it also holds `indices` (ProLong's packed rows:
+the ids were made with (resolved like the spec's `tokenizer` when the build starts). Every sample holds `input_ids`; when it also holds `indices` (ProLong's packed rows:
 uint32 start/end pairs) every [start, end) piece is one document, else the whole sample is (ProLong's
 `data_before_packing`: `input_ids`, `length`). Document ids: `<source>/<mds dir>/<shard>:<sample>:<piece>`.
 
@@ -37,13 +37,6 @@ class TokenRecord(Record):
     extra: dict = field(default_factory=dict)
 
 
-def resolve_tokenizer_file(name: str) -> str:
-    """A tokenizer path, or a name looked up the way the spec's `tokenizer` is."""
-    from pipelines.spec import MixtureSpec
-
-    return MixtureSpec(name="mds", seq_len=1, tokenizer=name, sources=()).resolve_tokenizer()
-
-
 @lru_cache(maxsize=8)
 def _sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -58,8 +51,7 @@ def _tokenizer(path: str):
 
 def mds_route(options: dict) -> str:
     """`import` when the MDS ids come from the build's own tokenizer (same file content), else `retokenize`."""
-    source_tok = resolve_tokenizer_file(options["tokenizer"])
-    return "import" if _sha256(source_tok) == _sha256(options["build_tokenizer"]) else "retokenize"
+    return "import" if _sha256(options["tokenizer"]) == _sha256(options["build_tokenizer"]) else "retokenize"
 
 
 def pieces(sample: dict, ids_key: str, indices_key: str) -> list[np.ndarray]:
@@ -76,7 +68,7 @@ def iter_mds_records(path: str, source: str, options: dict) -> Iterator[Record]:
     ids_key = options.get("input_ids_key", "input_ids")
     indices_key = options.get("indices_key", "indices")
     route = mds_route(options)
-    decoder = None if route == "import" else _tokenizer(resolve_tokenizer_file(options["tokenizer"]))
+    decoder = None if route == "import" else _tokenizer(options["tokenizer"])
     folder = os.path.basename(os.path.dirname(path)) or "."
     line = 0
     try:

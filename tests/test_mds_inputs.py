@@ -122,3 +122,26 @@ def test_mds_source_without_its_tokenizer_is_a_spec_error(tmp_path):
                                 "sources": [{"name": "x", "uri": "x/index.json", "format": "mds"}]}))
     with pytest.raises(SpecError, match=r"bad.yaml: sources\[0\]: field 'options.tokenizer'"):
         load_spec(str(path))
+
+
+def test_mds_rows_packing_keeps_every_released_row_as_it_was(tmp_path):
+    """Instella-Long route: import + `mds-rows` -> shard row i == MDS sample i (then padding)."""
+    tok = Tokenizer.from_file(str(TOKENIZER))
+    samples = _packed_rows(tok, TEXTS, 0, per_row=3)
+    write_mds(str(tmp_path / "hub" / "phase1" / "a"), COLUMNS, samples[:1])
+    write_mds(str(tmp_path / "hub" / "phase1" / "b"), COLUMNS, samples[1:])
+    spec = json.loads(_spec(tmp_path, "rows", str(tmp_path / "hub" / "phase1" / "**" / "index.json"),
+                            str(TOKENIZER), seq_len=64).read_text())
+    spec["packing"] = {"mode": "mds-rows"}
+    (tmp_path / "rows.yaml").write_text(json.dumps(spec))
+    out = build(tmp_path / "rows.yaml", tmp_path / "out")
+    rows = np.concatenate([np.load(p) for p in sorted((out / "shards").glob("shard-*[0-9].npy"))])
+    assert len(rows) == len(samples)
+    for row, s in zip(rows, samples):
+        n = len(s["input_ids"])
+        assert row[:n].tolist() == s["input_ids"].tolist() and (row[n:] == 1).all()
+
+    spec["seq_len"] = 16  # shorter than a released row: an error naming the file, not a silent cut
+    (tmp_path / "short.yaml").write_text(json.dumps(spec))
+    with pytest.raises(Exception, match=r"index.json: sample 1 holds \d+ tokens, more than seq_len 16"):
+        build(tmp_path / "short.yaml", tmp_path / "out-short")
