@@ -43,6 +43,12 @@ def task_options(spec, source, build_tokenizer: str) -> dict | None:
             options["tokenizer"] = dataclasses.replace(spec, tokenizer=options["tokenizer"]).resolve_tokenizer()
         except SpecError as e:
             raise SpecError(f"{spec.path}: source '{source.name}': field 'options.tokenizer': {e}") from e
+        from pipelines.read_mds import mds_route
+
+        if (spec.dedup is not None or spec.decontaminate is not None) and mds_route(options) == "import":
+            # imported ids carry no text: exact dedup would see every document as the same empty string
+            raise SpecError(f"{spec.path}: source '{source.name}': imported MDS ids have no text for "
+                            "'dedup'/'decontaminate'; drop those fields or re-tokenize from another tokenizer")
     return options
 
 

@@ -169,7 +169,8 @@ def _files_table(ctx: BuildContext, docs: pl.DataFrame) -> pl.DataFrame:
         pl.col("source").first(), pl.len().alias("n_records"),
         (pl.col("status") == "kept").sum().alias("n_kept"), (pl.col("status") == "dropped").sum().alias("n_dropped"))
     sizes = pl.DataFrame({"file": [t.display for t in ctx.tasks], "source_": [t.source for t in ctx.tasks],
-                          "bytes": [_size(t.path) for t in ctx.tasks]})
+                          "bytes": [_size(t.path) for t in ctx.tasks]},
+                         schema={"file": pl.Utf8, "source_": pl.Utf8, "bytes": pl.Int64})  # typed when no files
     # files with no records at all (empty files) are rows too
     out = sizes.join(per_file, on="file", how="left").select(
         pl.col("source_").alias("source"), "file", pl.col("n_records").fill_null(0).cast(pl.Int64),

@@ -145,3 +145,13 @@ def test_mds_rows_packing_keeps_every_released_row_as_it_was(tmp_path):
     (tmp_path / "short.yaml").write_text(json.dumps(spec))
     with pytest.raises(Exception, match=r"index.json: sample 1 holds \d+ tokens, more than seq_len 16"):
         build(tmp_path / "short.yaml", tmp_path / "out-short")
+
+
+def test_imported_ids_refuse_text_based_dedup(tmp_path):
+    tok = Tokenizer.from_file(str(TOKENIZER))
+    write_mds(str(tmp_path / "hub" / "p" / "a"), COLUMNS, _packed_rows(tok, TEXTS, 0))
+    spec = json.loads(_spec(tmp_path, "d", str(tmp_path / "hub" / "p" / "*" / "index.json"), str(TOKENIZER)).read_text())
+    spec["dedup"] = {"exact": True}
+    (tmp_path / "d.yaml").write_text(json.dumps(spec))
+    with pytest.raises(SpecError, match=r"d.yaml: source 'prolong': imported MDS ids have no text"):
+        build(tmp_path / "d.yaml", tmp_path / "out")
