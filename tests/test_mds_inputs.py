@@ -11,6 +11,7 @@ from tokenizers import Tokenizer
 from conftest import SHARED, TOKENIZER, build
 from pipelines.mds import iter_samples, write_mds
 from pipelines.spec import SpecError, load_spec
+from pipelines.verify import verify_build
 
 FOREIGN = SHARED / "tokenizers" / "allenai_dolma2.json"  # another vocabulary, standing in for ProLong's Llama-3
 TEXTS = [
@@ -137,6 +138,7 @@ def test_mds_rows_packing_keeps_every_released_row_as_it_was(tmp_path):
     out = build(tmp_path / "rows.yaml", tmp_path / "out")
     rows = np.concatenate([np.load(p) for p in sorted((out / "shards").glob("shard-*[0-9].npy"))])
     assert len(rows) == len(samples)
+    assert verify_build(out) == []
     for row, s in zip(rows, samples):
         n = len(s["input_ids"])
         assert row[:n].tolist() == s["input_ids"].tolist() and (row[n:] == 1).all()

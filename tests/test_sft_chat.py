@@ -13,6 +13,7 @@ from tokenizers import Tokenizer
 
 from conftest import ROOT, TOKENIZER, build
 from pipelines.spec import SpecError, load_spec
+from pipelines.verify import verify_build
 
 SMOLTALK = [
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say <|endoftext|> then stop."},
@@ -103,6 +104,7 @@ def test_sources_render_and_repeat_as_the_mix_says(sft_build):
     tokens, masks = _rows(sft_build)
     answers = {tok.decode(r[m == 1].tolist(), skip_special_tokens=False) for r, m in zip(tokens, masks)}
     assert {"B. Paris<|endoftext|>", "1+1 = \\boxed{2}<|endoftext|>", "Rayleigh scattering.<|endoftext|>"} <= answers
+    assert verify_build(sft_build) == []
 
 
 def test_long_samples_are_truncated_and_answerless_windows_dropped(sft_hub, tmp_path):
@@ -122,6 +124,7 @@ def test_long_samples_are_truncated_and_answerless_windows_dropped(sft_hub, tmp_
                   "WHERE d.n_tokens > 24").fetchall()
     assert cut and all(length == 24 for _, length in cut)
     assert all(m.any() for m in masks)
+    assert verify_build(out) == []
 
 
 def test_chat_options_are_validated(tmp_path):
