@@ -4,7 +4,8 @@ A source `format: mds` lists `index.json` files (one MDS directory each, e.g.
 `hf://datasets/amd/Instella-Long/pretrain-phase-1/**/index.json`) and names, in `options.tokenizer`, the tokenizer
 the ids were made with (resolved like the spec's `tokenizer` when the build starts). Every sample holds `input_ids`; when it also holds `indices` (ProLong's packed rows:
 uint32 start/end pairs) every [start, end) piece is one document, else the whole sample is (ProLong's
-`data_before_packing`: `input_ids`, `length`). Document ids: `<source>/<mds dir>/<shard>:<sample>:<piece>`.
+`data_before_packing`: `input_ids`, `length`). Document ids: `<source>/<mds dir>/<shard>:<sample>:<piece>`;
+`documents.line` is the 1-based sample number in the MDS directory (all its pieces share it).
 
 Two routes, chosen by comparing the tokenizer files (sha256):
 
