@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) cli.py synth gsm8k --input $(SHARED)/gsm8k/train.jsonl --out out/synth/gsm8k --variants 1
 	NLTK_DATA=$(SHARED)/nltk_data $(PY) cli.py build-mixture stage2 --source-root $(SHARED)/hub --out out/stage2 --workers $(WORKERS)
-	$(PY) cli.py train --data out/stage2 --preset tiny --steps 40 --nproc 2 --out out/runs/demo
+	$(PY) cli.py train --data out/stage2 --preset tiny --seq-len 256 --steps 40 --nproc 2 --out out/runs/demo
 
 test: setup
 	NLTK_DATA=$(SHARED)/nltk_data MIDTRAIN_SHARED=$(SHARED) $(PY) -m pytest -q

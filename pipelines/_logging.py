@@ -13,14 +13,23 @@ import datatrove.executor.base as _base
 from datatrove.utils import logging as _dlog
 from loguru import logger
 
+from pipelines.errors import InputError
+
 _LEVEL = os.environ.get("MIDTRAIN_LOG_LEVEL", "WARNING")
 _FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {name}:{function}:{line} - {message}"
+
+
+def _console_filter(record) -> bool:
+    """Bad input (an InputError) reaches the user as the CLI's one-line message, not as a worker's traceback; the
+    task log file still has the full record."""
+    exc = record["exception"]
+    return not (exc is not None and isinstance(exc.value, InputError))
 
 
 def _add_task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -1):
     logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
     logger.remove()
-    logger.add(sys.stderr, level=_LEVEL, format=_FORMAT, backtrace=False, diagnose=False)
+    logger.add(sys.stderr, level=_LEVEL, format=_FORMAT, backtrace=False, diagnose=False, filter=_console_filter)
     logger.add(logfile, level="DEBUG", format=_FORMAT)
     logger.info(f"Launching pipeline for {rank=}")
     return logfile
@@ -28,7 +37,7 @@ def _add_task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int
 
 def _setup_default_logger() -> None:
     logger.remove()
-    logger.add(sys.stderr, level=_LEVEL, format=_FORMAT, backtrace=False, diagnose=False)
+    logger.add(sys.stderr, level=_LEVEL, format=_FORMAT, backtrace=False, diagnose=False, filter=_console_filter)
 
 
 if _LEVEL.upper() != "INFO":

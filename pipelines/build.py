@@ -17,7 +17,10 @@ from pathlib import Path
 
 from datatrove.pipeline.base import PipelineStep
 
-from pipelines.executors import ExecutorOptions
+from pipelines.errors import OptionError, SpecError
+from pipelines.executors import EXECUTOR_KINDS, ExecutorOptions
+from pipelines.input_state import input_changes, record_inputs, stage_a_code_version
+from pipelines.outlock import check_out_dir, out_lock
 from pipelines.sources import HF_PREFIX, resolve_source
 from pipelines.extra_formats import task_options
 from pipelines.spec import MixtureSpec
@@ -39,6 +42,25 @@ class BuildOptions:
     strict: bool = False
     exclude: tuple[str, ...] = ()  # other builds whose documents must not be reused
     progress: bool = True
+
+    def check(self) -> None:
+        """OptionError (named as the CLI flag) for values no build can use; run before any work."""
+        check_out_dir(self.out)
+        if self.seed is not None and self.seed < 0:
+            raise OptionError(f"--seed must be >= 0, got {self.seed}")
+        if self.max_tokens is not None and self.max_tokens <= 0:
+            raise OptionError(f"--max-tokens must be positive, got {self.max_tokens}")
+        if self.workers < 1:
+            raise OptionError(f"--workers must be >= 1, got {self.workers}")
+        if self.executor not in EXECUTOR_KINDS:
+            raise OptionError(f"--executor must be one of {', '.join(EXECUTOR_KINDS)}, got {self.executor!r}")
+        if self.executor_options and self.executor == "local":
+            raise OptionError("--executor-opt is for the slurm and ray executors; the local executor takes none")
+        if self.source_root is not None and "://" not in self.source_root and not Path(self.source_root).is_dir():
+            raise OptionError(f"--source-root {self.source_root}: not a directory")
+        for other in self.exclude:
+            if not (Path(other) / "manifest.duckdb").is_file():
+                raise OptionError(f"--exclude {other}: no manifest.duckdb there (not a finished build)")
 
 
 @dataclass
@@ -106,35 +128,42 @@ def prepare(spec: MixtureSpec, opts: BuildOptions) -> BuildContext:
     """Resolve sources and tokenizer, and fix the stage-A work dir from a hash of everything stage A depends on."""
     from tokenizers import Tokenizer
 
-    tokenizer_path = spec.resolve_tokenizer()
-    tok = Tokenizer.from_file(tokenizer_path)
+    opts.check()
+    spec.check_sections()
+    tokenizer_path, tok = spec.load_tokenizer()
     eos_id = spec.eos_id if spec.eos_id is not None else _special_id(tok, ("<|endoftext|>", "</s>", "<eos>"))
     pad_id = spec.pad_id if spec.pad_id is not None else _special_id(tok, ("<|padding|>", "<pad>"))
     if eos_id is None:
-        raise ValueError(f"{spec.path}: tokenizer has no <|endoftext|>; set eos_id in the spec")
+        raise SpecError(f"{spec.path}: tokenizer has no <|endoftext|>; set eos_id in the spec")
     if pad_id is None:
         pad_id = eos_id
+    spec.check_token_ids(eos_id, pad_id, tok.get_vocab_size())
     seed = spec.seed if opts.seed is None else opts.seed
 
     tasks: list[FileTask] = []
     sources: list[dict] = []
+    read_by: dict[str, str] = {}  # opened path -> source: a file feeds one source only (ids, files.n_records)
     for s in spec.sources:
         resolved = resolve_source(s.uri, opts.source_root)
         condition = "ok" if resolved.files else ("optional-missing" if s.optional else "no-files")
         sources.append({"source": s.name, "uri": s.uri, "resolved": resolved.resolved, "sample": s.sample,
                         "n_files": len(resolved.files), "condition": condition})
-        for f in resolved.files:
+        for f, rel, ident in zip(resolved.files, resolved.relative, resolved.identities):
+            if f in read_by:
+                raise SpecError(f"{spec.path}: sources '{read_by[f]}' and '{s.name}' both match {f}; a file may feed "
+                                "one source only (narrow one uri, or use `sample` to weight it)")
+            read_by[f] = s.name
             tasks.append(FileTask(source=s.name, path=f, display=_display_uri(f, opts.source_root), fmt=s.format,
-                                  text_key=s.text_key, id_key=s.id_key, sample=s.sample,
-                                  options=task_options(spec, s, tokenizer_path)))
+                                  text_key=s.text_key, id_key=s.id_key, sample=s.sample, relative=rel,
+                                  identity=ident, options=task_options(spec, s, tokenizer_path)))
 
     with_mask = bool(spec.packing.get("loss_mask", False))
     stage_a = {
         "tasks": [t.__dict__ for t in tasks], "tokenizer_sha256": _sha256_file(tokenizer_path), "eos": eos_id,
         "seed": seed, "strict": opts.strict, "decontaminate": spec.decontaminate, "dedup": spec.dedup,
-        "with_mask": with_mask, "format_version": 1,
+        "with_mask": with_mask, "format_version": 1, "code": stage_a_code_version(),
         **({"tokenization": spec.tokenization} if spec.tokenization != "default" else {}),
-    }
+    }  # tasks carry each file's identity (size/mtime/ETag): an input changed in place gets a fresh work dir
     stage_a_hash = hashlib.sha256(json.dumps(stage_a, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return BuildContext(
         spec=spec, opts=opts, seed=seed, tokenizer_path=tokenizer_path, eos_id=eos_id, pad_id=pad_id,
@@ -225,9 +254,18 @@ def dry_run(spec: MixtureSpec, opts: BuildOptions):
 
 
 def build_mixture(spec: MixtureSpec, opts: BuildOptions) -> Path:
-    """Run a whole build; returns the manifest path."""
-    ctx = prepare(spec, opts)
-    Path(opts.out).mkdir(parents=True, exist_ok=True)
+    """Run a whole build; returns the manifest path. Holds OUT/.lock throughout (one build per OUT at a time)."""
+    opts.check()
+    with out_lock(opts.out):
+        ctx = prepare(spec, opts)
+        identities = {t.display: t.identity for t in ctx.tasks}
+        changes = input_changes(opts.out, identities)
+        _run_stages(ctx, spec, opts)
+        record_inputs(opts.out, identities, changes)
+    return Path(opts.out) / "manifest.duckdb"
+
+
+def _run_stages(ctx: BuildContext, spec: MixtureSpec, opts: BuildOptions) -> None:
     if spec.decontaminate is not None:
         from pipelines.decontam import build_decontam_index
 
@@ -238,4 +276,3 @@ def build_mixture(spec: MixtureSpec, opts: BuildOptions) -> Path:
 
     # local: runs every stage in order; slurm/ray: submits them (each depending on the previous) and returns
     run_stages(plan_stages(ctx), executor_options(ctx), os.path.join(ctx.work_dir, "logs"), progress=opts.progress)
-    return Path(opts.out) / "manifest.duckdb"

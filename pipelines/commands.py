@@ -6,13 +6,15 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
+    # soft_wrap: one line however narrow the terminal, so paths and `file:line` stay greppable
+    console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -91,17 +93,29 @@ def print_plan(plan, out: Path) -> None:
     console.print(f"shards: ~{_size(plan.est_tokens * plan.token_bytes)} ({plan.token_bytes}-byte tokens)")
 
 
+def print_input_changes(out: Path) -> None:
+    """Say which inputs changed since the previous build into the same OUT (their documents were read again)."""
+    from pipelines.input_state import read_input_changes
+
+    for kind, files in read_input_changes(out).items():
+        for f in files:
+            console.print(f"[yellow]input {kind} since the previous build:[/] {escape(f)}", soft_wrap=True)
+
+
 def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     @app.command("mixtures")
     def mixtures_cmd() -> None:
         """List the mixture specs shipped in mixtures/."""
-        from pipelines.spec import available_specs, load_spec
+        from pipelines.spec import SpecError, available_specs, load_spec
 
         t = Table(title="mixtures")
         for col in ("name", "seq_len", "sources", "description"):
             t.add_column(col)
         for name in available_specs():
-            s = load_spec(name)
+            try:
+                s = load_spec(name)
+            except SpecError as e:
+                _fail(str(e))
             t.add_row(name, f"{s.seq_len:,}", str(len(s.sources)), s.description)
         console.print(t)
 
@@ -117,6 +131,8 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             s = load_spec(name)
         except SpecError as e:
             _fail(str(e))
+        if source_root is not None and "://" not in source_root and not Path(source_root).is_dir():
+            _fail(f"--source-root {source_root}: not a directory")
         console.print(f"[bold]{s.name}[/] — {s.description}\nseq_len {s.seq_len:,} · tokenizer {s.tokenizer} · "
                       f"rope_theta {s.rope_theta:,.0f} · seed {s.seed} · packing {s.packing}")
         t = Table()
@@ -133,7 +149,8 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     @app.command("build-mixture")
     def build_cmd(
         name: Annotated[str, typer.Argument(help="Mixture name (see `mixtures`) or path to a spec YAML.")],
-        out: Annotated[Optional[Path], typer.Option(help="Output directory (default: out/<name>).")] = None,
+        out: Annotated[Optional[Path], typer.Option(
+            help="Output directory (default: out/<name>). One build at a time: a second build into it exits at once.")] = None,
         source_root: Annotated[Optional[str], typer.Option(
             help="Map hf://datasets/<owner>/<repo>/<path> to DIR/<owner>/<repo>/<path> (e.g. ../shared/data/hub).")] = None,
         seed: Annotated[Optional[int], typer.Option(help="Sampling/shuffling seed (default: the spec's seed).")] = None,
@@ -142,7 +159,8 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         workers: Annotated[int, typer.Option(help="Parallel worker processes for the per-file stage.")] = 1,
         executor: Annotated[str, typer.Option(help="datatrove executor: local, slurm or ray.")] = "local",
         executor_opt: Annotated[Optional[list[str]], typer.Option(
-            help="KEY=VALUE passed to the slurm/ray executor (e.g. partition=cpu, time=12:00:00); repeatable.")] = None,
+            help="KEY=VALUE passed to the slurm/ray executor of every stage (e.g. partition=cpu, time=12:00:00); "
+                 "per-file.KEY=VALUE / global.KEY=VALUE size the per-file or the global stages only; repeatable.")] = None,
         strict: Annotated[bool, typer.Option(help="Fail on the first unreadable record instead of counting it as dropped.")] = False,
         exclude: Annotated[Optional[list[Path]], typer.Option(
             help="Another build's OUT dir: its documents are not reused here (dropped as excluded); repeatable.")] = None,
@@ -158,19 +176,17 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         `--executor-opt global.mem_per_cpu_gb=8`). Ray: `address=auto` joins a running cluster, else a local one
         with `--workers` CPUs is started."""
         from pipelines.build import BuildOptions, build_mixture
-        from pipelines.executors import EXECUTOR_KINDS, ExecutorOptionError, StageFailed, parse_executor_options
-        from pipelines.formats import SourceFileError
+        from pipelines.errors import InputError
+        from pipelines.executors import StageFailed, parse_executor_options
         from pipelines.spec import SpecError, load_spec
 
         try:
             spec = load_spec(name)
         except SpecError as e:
             _fail(str(e))
-        if executor not in EXECUTOR_KINDS:
-            _fail(f"--executor must be one of {', '.join(EXECUTOR_KINDS)}, got {executor!r}")
         try:
             opts_kv = parse_executor_options(executor_opt or [])
-        except ExecutorOptionError as e:
+        except InputError as e:
             _fail(str(e))
         out = out or Path("out") / spec.name
         opts = BuildOptions(out=str(out), source_root=source_root, seed=seed, max_tokens=max_tokens, workers=workers,
@@ -180,13 +196,15 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             from pipelines.build import dry_run as plan_only
 
             try:
+                opts.check()
                 print_plan(plan_only(spec, opts), out)
-            except (SpecError, ExecutorOptionError, FileNotFoundError) as e:
+            except (InputError, FileNotFoundError) as e:
                 _fail(str(e))
             return
         try:
+            opts.check()
             build_mixture(spec, opts)
-        except (SpecError, SourceFileError, FileNotFoundError, ExecutorOptionError) as e:
+        except (InputError, FileNotFoundError) as e:
             _fail(str(e))
         except StageFailed as e:
             console.print(f"[bold red]build failed:[/] {e}")
@@ -197,6 +215,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             raise
         if executor in ("local", "ray"):  # both block until the build is done
             print_summary(out)
+            print_input_changes(out)
         else:
             console.print(f"submitted to {executor}; run `python cli.py verify {out}` when it finishes")
 
@@ -205,6 +224,8 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         """Re-hash every shard and reconcile the manifest's counts with the shard files."""
         from pipelines.verify import verify_build
 
+        if not (out / "manifest.duckdb").is_file():
+            _fail(f"{out}: no manifest.duckdb there (not a build output directory, or the build did not finish)")
         problems = verify_build(out)
         if problems:
             for p in problems:

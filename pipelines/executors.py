@@ -23,6 +23,7 @@ import shutil
 import threading
 from dataclasses import dataclass, field
 
+from pipelines.errors import OptionError
 from pipelines.stages import Stage
 
 STAGE_KINDS = ("per-file", "global")
@@ -35,7 +36,7 @@ class StageFailed(RuntimeError):
     """A stage of the build had failed tasks; the message carries their errors."""
 
 
-class ExecutorOptionError(ValueError):
+class ExecutorOptionError(OptionError):
     """A bad `--executor` / `--executor-opt` value (the CLI turns it into exit code 2)."""
 
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # steps imports datatrove; spec validation must stay light
 
 def validate_source_options(where: str, fmt: str, options: dict) -> None:
     """SpecError naming the spec file and field for bad `options` of an mds/chat source."""
-    from pipelines.spec import SpecError
+    from pipelines.errors import SpecError
 
     if fmt == "mds":
         if not isinstance(options.get("tokenizer"), str):
@@ -31,7 +31,8 @@ def validate_source_options(where: str, fmt: str, options: dict) -> None:
 def task_options(spec, source, build_tokenizer: str) -> dict | None:
     """The options a FileTask of `source` carries (None for formats.iter_records formats): an mds source's
     tokenizer resolved now, so a missing one is a SpecError before any work starts."""
-    from pipelines.spec import EXTRA_FORMATS, SpecError
+    from pipelines.errors import SpecError
+    from pipelines.spec import EXTRA_FORMATS
 
     if source.format not in EXTRA_FORMATS:
         return None

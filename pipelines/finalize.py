@@ -32,10 +32,11 @@ def load_documents(ctx: BuildContext) -> pl.DataFrame:
                                     "reason": pl.Utf8, "detail": pl.Utf8, "n_copies": pl.Int32, "offset": pl.Int64,
                                     "task": pl.Int32, "duplicate_of": pl.Utf8})
     docs = pl.concat(frames, how="diagonal_relaxed").with_row_index("key").with_columns(pl.col("key").cast(pl.Int64))
-    # doc ids must be unique inside a build: later repeats of an id get their file and line appended
+    # doc ids must be unique inside a build: later repeats of an id get their whole file path and line appended
+    # (a file feeds one source, so file:line is unique; the base name alone repeats for a/part.jsonl, b/part.jsonl)
     repeat = pl.col("doc_id").cum_count().over("doc_id") > 1
     docs = docs.with_columns(
-        pl.when(repeat).then(pl.format("{}@{}:{}", "doc_id", pl.col("file").str.split("/").list.last(), "line"))
+        pl.when(repeat).then(pl.format("{}@{}:{}", "doc_id", "file", "line"))
         .otherwise(pl.col("doc_id")).alias("doc_id"),
         pl.lit(None, pl.Utf8).alias("duplicate_of"),
     )

@@ -11,11 +11,13 @@ parquet, and a plain `.json` holding one JSON array (OpenHermes-2.5). Schemas (`
 Conversations are rendered the way Instella did: every message's content, stripped, followed by "\n", no role tags.
 
 Bad-input policy (documented in the README): a problem confined to one record (malformed JSON line, missing or
-non-string text, empty text, non-UTF-8 bytes) is a *counted skip*: the record becomes a `dropped` row in
-`documents` with its file, line and reason, and the build goes on (`--strict` turns it into an error naming file
-and line). A compressed stream that ends early keeps every record before the break and records one
-`truncated-stream` row at the line where it broke. A file that cannot be parsed at all (corrupt parquet, invalid
-JSON array) is an error naming the file (and line/column for JSON).
+non-string text, empty text, non-UTF-8 bytes, a lone UTF-16 surrogate escape such as `"\\ud800"` ->
+`invalid-unicode`) is a *counted skip*: the record becomes a `dropped` row in `documents` with its file, line and
+reason, and the build goes on (`--strict` turns it into an error naming file and line). A UTF-8 byte-order mark
+before the first record is ignored. A compressed stream that ends early keeps every record before the break and
+records one `truncated-stream` row at the line where it broke. A file that cannot be parsed at all (corrupt parquet,
+invalid JSON array, a `.gz`/`.zst` name on bytes that are not gzip/zstd) is a `SourceFileError` naming the file
+(and line/column for JSON). Reading is linear in the input size, however long a line is.
 """
 from __future__ import annotations
 
@@ -28,6 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
+import fsspec.compression
+import fsspec.utils
+
+from pipelines.errors import SourceFileError
 
 try:  # orjson parses Dolma lines ~3x faster than json; optional, same results
     import orjson
@@ -44,10 +50,6 @@ try:
     _STREAM_ERRORS: tuple[type[Exception], ...] = (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError)
 except ImportError:  # pragma: no cover
     _STREAM_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
-
-
-class SourceFileError(ValueError):
-    """A whole file cannot be read; the message names the file (and the line where known)."""
 
 
 @dataclass(slots=True)
@@ -143,6 +145,22 @@ def _url_of(rec: dict) -> str | None:
     return None
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _unencodable(value: str | None) -> str | None:
+    """Where `value` stops being encodable as UTF-8, or None. A JSON escape such as `"\\ud800"` parses (with the
+    stdlib json) into a lone surrogate, which no UTF-8 writer (tokenizer, parquet) accepts. `isascii()` is O(1) in
+    CPython, so the encode runs only for non-ASCII strings (cheaper than scanning every raw line for escapes)."""
+    if value is None or value.isascii():
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"lone surrogate {value[e.start]!r} at char {e.start}"
+    return None
+
+
 def _make_record(rec: Any, line: int, fmt: str, text_key: str, id_key: str) -> Record:
     if not isinstance(rec, dict):
         return Record(line, None, None, "malformed-json", f"expected a JSON object, got {type(rec).__name__}")
@@ -154,8 +172,13 @@ def _make_record(rec: Any, line: int, fmt: str, text_key: str, id_key: str) -> R
     if reason is None and not text.strip():
         reason = "empty-text"
     if reason:
-        return Record(line, doc_id, None, reason, f"field '{text_key if fmt == 'text' else fmt}'")
-    return Record(line, doc_id, text, None, url=_url_of(rec), answer_spans=spans)
+        return Record(line, doc_id if not _unencodable(doc_id) else None, None, reason,
+                      f"field '{text_key if fmt == 'text' else fmt}'")
+    url = _url_of(rec)
+    for name, value in (("text", text), ("id", doc_id), ("url", url)):
+        if problem := _unencodable(value):
+            return Record(line, None, None, "invalid-unicode", f"{name}: {problem}")
+    return Record(line, doc_id, text, None, url=url, answer_spans=spans)
 
 
 def _chunks(stream, chunk_size: int = 1 << 14) -> Iterator[bytes]:
@@ -182,22 +205,31 @@ def _zstd_chunks(raw, chunk_size: int = 1 << 16) -> Iterator[bytes]:
         raise EOFError("zstd stream ended in the middle of a frame")
 
 
-def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Split decoded chunks into lines."""
-    pending = b""
+def split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Split decoded chunks into lines in time linear in the input, however long a line is: the pieces of a
+    line that spans many chunks are collected in a list and joined once (appending to one growing bytes object
+    copies it on every chunk, which made a 50 MB line take 80 s)."""
+    parts: list[bytes] = []
     for chunk in chunks:
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        yield from lines
-    if pending:
-        yield pending
+        pieces = chunk.split(b"\n")
+        if len(pieces) == 1:
+            parts.append(chunk)
+            continue
+        parts.append(pieces[0])
+        yield b"".join(parts)
+        yield from pieces[1:-1]
+        parts = [pieces[-1]] if pieces[-1] else []
+    if parts:
+        yield b"".join(parts)
 
 
 def _iter_jsonl(chunks: Iterator[bytes], fmt: str, text_key: str, id_key: str) -> Iterator[Record]:
     line_no = 0
     try:
-        for raw in _lines(chunks):
+        for raw in split_lines(chunks):
             line_no += 1
+            if line_no == 1 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]  # editors on Windows write one; it is not part of the record
             if not raw.strip():
                 continue  # blank lines are not records
             try:
@@ -208,7 +240,8 @@ def _iter_jsonl(chunks: Iterator[bytes], fmt: str, text_key: str, id_key: str) -
             try:
                 rec = _loads(raw)
             except _JSONError as e:
-                yield Record(line_no, None, None, "malformed-json", str(e)[:200])
+                reason = "invalid-unicode" if "surrogate" in str(e) else "malformed-json"
+                yield Record(line_no, None, None, reason, str(e)[:200])
                 continue
             yield _make_record(rec, line_no, fmt, text_key, id_key)
     except _STREAM_ERRORS as e:
@@ -245,21 +278,55 @@ def _iter_parquet(path: str, fmt: str, text_key: str, id_key: str) -> Iterator[R
         raise SourceFileError(f"{path}: cannot read parquet: {e}") from e
 
 
+# Leading bytes of each compressed container a file name can promise (the codec is inferred from the suffix). A file
+# whose bytes do not match is an error naming it, rather than a "truncated" stream standing for its whole content.
+_MAGIC: dict[str, tuple[str, tuple[bytes, ...]]] = {
+    ".gz": ("gzip", (b"\x1f\x8b",)),
+    ".zst": ("zstd", (b"\x28\xb5\x2f\xfd", *(bytes([0x50 + i]) + b"\x2a\x4d\x18" for i in range(16)))),
+    ".bz2": ("bzip2", (b"BZh",)),
+    ".xz": ("xz", (b"\xfd7zXZ\x00",)),
+}
+
+
+def _check_compression(path: str, raw) -> None:
+    """Raise SourceFileError when the file name promises a codec its first bytes do not have; rewind `raw`."""
+    suffix = next((s for s in _MAGIC if path.lower().endswith(s)), None)
+    if suffix is None:
+        return
+    codec, magics = _MAGIC[suffix]
+    head = raw.read(6)
+    raw.seek(0)
+    if head and not head.startswith(magics):
+        raise SourceFileError(f"{path}: named {suffix} but is not {codec}-compressed (starts with {head[:4]!r}); "
+                              f"rename or recompress it")
+
+
+def _decompressed(path: str, raw):
+    codec = fsspec.utils.infer_compression(path)
+    return fsspec.compression.compr[codec](raw, mode="rb") if codec else raw
+
+
 def iter_records(path: str, fmt: str = "text", text_key: str = "text", id_key: str = "id") -> Iterator[Record]:
     """Yield one Record per input record of `path` (see the module docstring for the policy)."""
     kind = container_of(path)
     if kind == "parquet":
         yield from _iter_parquet(path, fmt, text_key, id_key)
         return
-    if path.lower().endswith(".zst"):
+    try:
         with fsspec.open(path, "rb") as raw:
-            yield from _iter_jsonl(_zstd_chunks(raw), fmt, text_key, id_key)
-        return
-    with fsspec.open(path, "rb", compression="infer") as stream:
-        if kind == "json":
-            data = stream.read()
-            if data.lstrip()[:1] == b"[":
-                yield from _iter_json_array(path, data, fmt, text_key, id_key)
+            _check_compression(path, raw)
+            if path.lower().endswith(".zst"):
+                yield from _iter_jsonl(_zstd_chunks(raw), fmt, text_key, id_key)
                 return
-            stream = io.BytesIO(data)
-        yield from _iter_jsonl(_chunks(stream), fmt, text_key, id_key)
+            stream = _decompressed(path, raw)
+            if kind == "json":
+                data = stream.read()
+                if data.startswith(UTF8_BOM):
+                    data = data[len(UTF8_BOM):]
+                if data.lstrip()[:1] == b"[":
+                    yield from _iter_json_array(path, data, fmt, text_key, id_key)
+                    return
+                stream = io.BytesIO(data)
+            yield from _iter_jsonl(_chunks(stream), fmt, text_key, id_key)
+    except OSError as e:  # unreadable before any record (missing, permission, corrupt container header)
+        raise SourceFileError(f"{path}: cannot read: {type(e).__name__}: {e}") from e

@@ -49,7 +49,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     @app.command("contamination")
     def contamination_cmd(
         out: Annotated[Path, typer.Argument(help="Build output folder (holds manifest.duckdb).")],
-        items: Annotated[int, typer.Option("--items", help="Also list this many individual hits (0 = none).")] = 0,
+        items: Annotated[int, typer.Option("--items", min=0, help="Also list this many individual hits (0 = none).")] = 0,
     ) -> None:
         """Print benchmark contamination hits per benchmark of a finished build."""
         try:

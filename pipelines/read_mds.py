@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.formats import Record, SourceFileError
+from pipelines.errors import SourceFileError
+from pipelines.formats import Record
 from pipelines.mds import MDSError, iter_samples
 
 

@@ -32,7 +32,8 @@ import numpy as np
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from pipelines.formats import Record, SourceFileError
+from pipelines.errors import SourceFileError
+from pipelines.formats import Record
 
 CHAT_KINDS = ("messages", "conversations", "fields", "mmlu")
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
@@ -200,7 +201,7 @@ class ChatTemplateTokenize(PipelineStep):
 
 
 def validate_chat_options(where: str, options: dict) -> None:
-    from pipelines.spec import SpecError
+    from pipelines.errors import SpecError
 
     kind = options.get("chat", "messages")
     if kind not in CHAT_KINDS:

@@ -4,12 +4,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from pipelines.errors import SpecError
 
 MIXTURES_DIR = Path(__file__).resolve().parents[1] / "mixtures"
 REPO_ROOT = MIXTURES_DIR.parent
@@ -22,8 +26,8 @@ EXTRA_FORMATS = ("mds", "chat")
 TOKENIZATIONS = ("default", "dolma")  # spec key `tokenization` (pipelines/tokenize_modes.py)
 
 
-class SpecError(ValueError):
-    """A mixture spec is invalid; the message names the file and the field."""
+# Names become path components (default `out/<name>`, work dirs) and id prefixes: no separators, no `..`.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,49 @@ class MixtureSpec:
         raise SpecError(f"{self.path}: tokenizer '{self.tokenizer}' not found as a path or as {file_name} in "
                         "$MIDTRAIN_TOKENIZERS or ../shared/data/tokenizers")
 
+    def load_tokenizer(self):
+        """(path, tokenizers.Tokenizer) of the spec's tokenizer; SpecError when it is missing or not a tokenizer."""
+        from tokenizers import Tokenizer
+
+        path = self.resolve_tokenizer()
+        try:
+            return path, Tokenizer.from_file(path)
+        except Exception as e:  # tokenizers raises a bare Exception for unreadable/invalid files
+            raise SpecError(f"{self.path}: field 'tokenizer': {path} is not a readable tokenizer.json "
+                            f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+
+    def check_token_ids(self, eos_id: int, pad_id: int, vocab_size: int) -> None:
+        """eos/pad ids must be ids of the tokenizer: shards hold uint16 when the vocabulary fits, so an id beyond it
+        would be silently wrapped (70000 -> 4464)."""
+        for key, value in (("eos_id", eos_id), ("pad_id", pad_id)):
+            if not 0 <= value < vocab_size:
+                raise SpecError(f"{self.path}: field '{key}' must be a token id of the tokenizer (0..{vocab_size - 1}), "
+                                f"got {value}")
+
+    def check_sections(self) -> None:
+        """Validate the sections other modules interpret (packing mode, dedup, decontaminate) before any work runs."""
+        from pipelines.packing import get_packer
+
+        try:
+            get_packer(self.packing.get("mode", "concat"))
+        except ValueError as e:
+            raise SpecError(f"{self.path}: field 'packing': {e}") from None
+        spec_dir = Path(self.path).parent if self.path else Path.cwd()
+        for key in ("dedup", "decontaminate"):
+            if getattr(self, key) is None:
+                continue
+            try:
+                if key == "dedup":
+                    from pipelines.dedup import DedupConfig
+
+                    DedupConfig.from_spec(self.dedup)
+                else:
+                    from pipelines.decontam import DecontamConfig
+
+                    DecontamConfig.from_spec(self.decontaminate, spec_dir)
+            except (ValueError, TypeError, OSError) as e:
+                raise SpecError(f"{self.path}: field '{key}': {e}") from None
+
     def resolve_path(self, value: str) -> str:
         """Resolve a spec-relative local path (tokenizer, benchmarks): spec dir first, then the repo root."""
         if "://" in value or Path(value).is_absolute():
@@ -125,21 +172,68 @@ def _validate_mapping(where: str, raw: Any, cls) -> dict[str, Any]:
     if missing:
         raise SpecError(f"{where}: missing required field(s) {missing}")
     for key, value in raw.items():
-        if value is None and key in ("dedup", "decontaminate", "eos_id", "pad_id", "packing"):
+        if value is None and key in ("dedup", "decontaminate", "eos_id", "pad_id") + (
+                ("packing",) if cls is SourceSpec else ()):
             continue
         _check_type(where, key, value, _TYPES[key])
     return dict(raw)
 
 
+def _check_name(where: str, key: str, value: str) -> None:
+    if not SAFE_NAME.fullmatch(value) or value in (".", ".."):
+        raise SpecError(f"{where}: field '{key}' must be a plain name (letters, digits, '.', '_', '-', '+'; no '/' "
+                        f"or '..'; at most 128 characters), got {value!r}")
+
+
+def _check_number(where: str, key: str, value: float, minimum: float, inclusive: bool = True) -> None:
+    """Finite and >= (or >) minimum; NaN fails every comparison, so it is checked explicitly."""
+    ok = math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
+    if not ok:
+        bound = f">= {minimum}" if inclusive else f"> {minimum}"
+        raise SpecError(f"{where}: field '{key}' must be a finite number {bound}, got {value!r}")
+
+
+def _check_source(where: str, s: dict[str, Any]) -> SourceSpec:
+    _check_name(where, "name", s["name"])
+    if not s["uri"].strip():
+        raise SpecError(f"{where}: field 'uri' must not be empty")
+    sample = s.get("sample", 1.0)
+    _check_number(where, "sample", sample, 0)
+    if s.get("format", "text") not in FORMATS + EXTRA_FORMATS:
+        raise SpecError(f"{where}: field 'format' must be one of {list(FORMATS + EXTRA_FORMATS)}, got {s['format']!r}")
+    if s.get("format") in EXTRA_FORMATS:
+        from pipelines.extra_formats import validate_source_options
+
+        validate_source_options(where, s["format"], s.get("options") or {})
+    for key in ("text_key", "id_key"):
+        if key in s and not s[key]:
+            raise SpecError(f"{where}: field '{key}' must not be empty")
+    return SourceSpec(**{**s, "sample": float(sample)})
+
+
 def parse_spec(raw: Any, path: str = "<spec>") -> MixtureSpec:
+    if isinstance(raw, dict) and "packing" in raw and not isinstance(raw["packing"], dict):
+        raise SpecError(f"{path}: field 'packing' must be a mapping like {{mode: concat}}, got {raw['packing']!r}")
     data = _validate_mapping(path, raw, MixtureSpec)
-    if cls_packing := data.get("packing"):
-        if not isinstance(cls_packing, dict):
-            raise SpecError(f"{path}: field 'packing' must be a mapping like {{mode: concat}}")
+    _check_name(path, "name", data["name"])
+    if not isinstance(data.get("packing", {}).get("mode", "concat"), str):
+        raise SpecError(f"{path}: field 'packing.mode' must be a string, got {data['packing']['mode']!r}")
+    if not isinstance(data.get("packing", {}).get("loss_mask", False), bool):
+        raise SpecError(f"{path}: field 'packing.loss_mask' must be true or false, got {data['packing']['loss_mask']!r}")
     if data.get("tokenization", "default") not in TOKENIZATIONS:
         raise SpecError(f"{path}: field 'tokenization' must be one of {list(TOKENIZATIONS)}, got {data['tokenization']!r}")
     if data["seq_len"] <= 0:
         raise SpecError(f"{path}: field 'seq_len' must be positive, got {data['seq_len']}")
+    if not data["tokenizer"].strip():
+        raise SpecError(f"{path}: field 'tokenizer' must not be empty")
+    for key in ("eos_id", "pad_id", "seed"):
+        if data.get(key) is not None and data[key] < 0:
+            raise SpecError(f"{path}: field '{key}' must be >= 0, got {data[key]}")
+    if "shard_tokens" in data and data["shard_tokens"] <= 0:
+        raise SpecError(f"{path}: field 'shard_tokens' must be positive, got {data['shard_tokens']}")
+    if "rope_theta" in data:
+        _check_number(path, "rope_theta", data["rope_theta"], 0, inclusive=False)
+        data["rope_theta"] = float(data["rope_theta"])
     if not data["sources"]:
         raise SpecError(f"{path}: field 'sources' must list at least one source")
     sources = []
@@ -150,18 +244,8 @@ def parse_spec(raw: Any, path: str = "<spec>") -> MixtureSpec:
         if s["name"] in seen:
             raise SpecError(f"{where}: duplicate source name '{s['name']}'")
         seen.add(s["name"])
-        if s.get("sample", 1.0) < 0:
-            raise SpecError(f"{where}: field 'sample' must be >= 0, got {s['sample']}")
-        if s.get("format", "text") not in FORMATS + EXTRA_FORMATS:
-            raise SpecError(f"{where}: field 'format' must be one of {list(FORMATS + EXTRA_FORMATS)}, got {s['format']!r}")
-        if s.get("format") in EXTRA_FORMATS:
-            from pipelines.extra_formats import validate_source_options
-
-            validate_source_options(where, s["format"], s.get("options") or {})
-        sources.append(SourceSpec(**{**s, "sample": float(s.get("sample", 1.0))}))
+        sources.append(_check_source(where, s))
     data["sources"] = tuple(sources)
-    if "rope_theta" in data:
-        data["rope_theta"] = float(data["rope_theta"])
     return MixtureSpec(**data, path=path)
 
 
@@ -183,4 +267,6 @@ def load_spec(name_or_path: str) -> MixtureSpec:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise SpecError(f"{path}: not valid YAML: {e}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: cannot read the spec: {e}") from e
     return parse_spec(raw, str(path))

@@ -18,6 +18,7 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from pipelines import _logging  # noqa: F401  (quiet datatrove console in every worker)
+from pipelines.errors import SourceFileError
 from pipelines.formats import iter_records
 from pipelines.spec import EXTRA_FORMATS
 
@@ -33,7 +34,14 @@ class FileTask:
     text_key: str
     id_key: str
     sample: float
+    relative: str = ""  # path relative to the source's root: unique within the source, so default ids never collide
+    identity: str = ""  # size/mtime/ETag...: part of the stage-A cache key, so a file changed in place is re-read
     options: dict | None = None  # the source's `options`, for the readers of EXTRA_FORMATS (mds, chat)
+
+    def default_id(self, line: int) -> str:
+        """Id of a record without one: `<source>/<path relative to the source root>:<line>`, unique in a build
+        (source names are unique, and so are a source's relative paths)."""
+        return f"{self.source}/{self.relative or Path(self.path).name}:{line}"
 
 
 class ReadSourceFile(PipelineStep):
@@ -49,7 +57,6 @@ class ReadSourceFile(PipelineStep):
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         task = self.tasks[rank]
-        base = Path(task.path).name
         if task.fmt in EXTRA_FORMATS:
             from pipelines.extra_formats import read_extra
 
@@ -58,8 +65,8 @@ class ReadSourceFile(PipelineStep):
             records = iter_records(task.path, task.fmt, task.text_key, task.id_key)
         for rec in records:
             if rec.reason and self.strict:
-                raise ValueError(f"{task.path}:{rec.line}: {rec.reason} ({rec.detail})")
-            doc_id = rec.doc_id if rec.doc_id is not None else f"{task.source}/{base}:{rec.line}"
+                raise SourceFileError(f"{task.path}:{rec.line}: {rec.reason} ({rec.detail})")
+            doc_id = rec.doc_id if rec.doc_id is not None else task.default_id(rec.line)
             meta = {
                 "source": task.source, "file": task.display, "line": rec.line,
                 "status": "dropped" if rec.reason else "kept", "reason": rec.reason, "detail": rec.detail,

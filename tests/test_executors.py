@@ -100,7 +100,7 @@ def _small_spec(tmp_path: Path, extra_source: str = "") -> Path:
     data.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
     words = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]
-    for f in range(3):
+    for f in range(4):
         with open(data / f"part-{f}.jsonl", "w") as fh:
             for i in range(60):
                 text = " ".join(rng.choice(words, size=int(rng.integers(20, 200))))
@@ -111,8 +111,8 @@ seq_len: 256
 tokenizer: {TOKENIZER}
 seed: 3
 sources:
-  - {{name: web, uri: "{data}/part-*.jsonl", sample: 0.7}}
-  - {{name: again, uri: "{data}/part-0.jsonl", sample: 1.5}}
+  - {{name: web, uri: "{data}/part-[0-2].jsonl", sample: 0.7}}
+  - {{name: again, uri: "{data}/part-3.jsonl", sample: 1.5}}
 {extra_source}""")
     return spec
 

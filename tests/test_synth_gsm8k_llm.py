@@ -1,4 +1,5 @@
-"""LLM mode: the sandbox against hostile programs, and the whole procedure against a loopback fake endpoint."""
+"""LLM mode: the whole procedure against a loopback fake endpoint (the sandbox has its own suites:
+tests/test_sandbox_hostile.py, test_sandbox_process.py, test_sandbox_interpreter.py)."""
 from __future__ import annotations
 
 import json
@@ -11,40 +12,6 @@ import pytest
 
 from pipelines.synth_gsm8k.parse import check_solution
 from pipelines.synth_gsm8k.prompts import STAGE_MARKERS
-from pipelines.synth_gsm8k.sandbox import SandboxLimits, run_program
-
-FAST = SandboxLimits(cpu_seconds=1, memory_bytes=256 * 2**20, wall_seconds=5)
-HOSTILE = {
-    "import os": "import os\ndef answer(a):\n    return os.getpid()\n",
-    "open": "def answer(a):\n    return len(open('/etc/hostname').read())\n",
-    "__import__": "def answer(a):\n    return __import__('os').getpid()\n",
-    "endless loop": "def answer(a):\n    while True:\n        a += 1\n",
-    "huge allocation": "def answer(a):\n    x = [0] * (10**10)\n    return len(x)\n",
-}
-# With the static screen off, the process layers alone must still stop each of them.
-EXPECTED_RUNTIME = {"import os": "ImportError", "open": "NameError", "__import__": "ImportError",
-                    "endless loop": "killed: cpu time", "huge allocation": "killed: memory"}
-
-
-@pytest.mark.parametrize("name", list(HOSTILE))
-def test_sandbox_rejects_or_kills_hostile_programs(name):
-    screened = run_program(HOSTILE[name], {"a": 1}, limits=FAST)
-    assert not screened.ok and screened.reason
-    raw = run_program(HOSTILE[name], {"a": 1}, limits=FAST, static_screen=False)
-    assert not raw.ok and EXPECTED_RUNTIME[name] in raw.reason, raw.reason
-    # ... and the sandbox keeps working afterwards
-    assert run_program("def answer(a):\n    return a * 2\n", {"a": 21}, limits=FAST).value == 42
-
-
-def test_sandbox_blocks_files_even_through_an_escape():
-    # Reaching FileIO through object subclasses dodges the restricted builtins; RLIMIT_NOFILE still stops it.
-    escape = ("def answer(a):\n    todo = [().__class__.__bases__[0]]\n    while todo:\n        c = todo.pop()\n"
-              "        if c.__name__ == 'FileIO':\n            return len(c('/etc/hostname').read())\n"
-              "        todo += c.__subclasses__() if c.__name__ != 'type' else []\n    return -1\n")
-    assert "rejected" in run_program(escape, {"a": 1}, limits=FAST).reason
-    raw = run_program(escape, {"a": 1}, limits=FAST, static_screen=False)
-    assert not raw.ok and ("OSError" in raw.reason or "Too many open files" in raw.reason), raw.reason
-
 
 # --- fake OpenAI-compatible endpoint -----------------------------------------------------------------------------
 NATALIA = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many "

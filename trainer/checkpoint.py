@@ -3,8 +3,13 @@
 Layout of RUN/checkpoints/step-000020/:
   .metadata, __0_0.distcp, ...   DCP: {"model": ..., "optim": ...} — each rank writes its own shards
   trainer_state.json             step, scheduler, data position, the run config and the model config
-  rng-rank00000.pt ...           per-rank torch / numpy / python RNG states
+  rng-rank00000.pt ...           per-rank torch / numpy / python RNG states, as tensors and numbers only
 A checkpoint is written under `step-N.tmp` and renamed once complete, so a directory named `step-N` is whole.
+
+Trust: `rng-*.pt` is read with `torch.load(weights_only=True)` (tensors, numbers, dicts, lists only; a pickled object
+is refused) and `trainer_state.json` is JSON, but DCP's own `.metadata` is a pickle that torch unpickles, so resuming
+from a DCP checkpoint still means trusting its `.metadata`. `model.safetensors` (exports, merges, `--init-from`) runs
+no code. Resume and merge only checkpoints you (or someone you trust) wrote; share weights as safetensors.
 
 Weights can be read back without any process group (`load_model_weights`) for merging and export.
 """
@@ -35,17 +40,43 @@ def checkpoint_dir(run: str | Path, step: int) -> Path:
     return Path(run) / "checkpoints" / f"step-{step:06d}"
 
 
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot or must not be loaded (unsafe content, wrong layout)."""
 
 
-def _set_rng_state(state: dict) -> None:
+def rng_state() -> dict:
+    """This process's RNG states as tensors and plain numbers, so that loading needs no unpickling of objects."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                      "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+            "python": {"version": int(py_version), "state": torch.tensor(py_state, dtype=torch.int64),
+                       "gauss": py_gauss},
+            "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    npst = state["numpy"]
+    np.random.set_state((npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["gauss"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_rng_file(path: Path) -> dict:
+    """Read an `rng-rank*.pt` file without running code: anything but tensors and numbers is refused."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as e:  # UnpicklingError for objects outside the weights-only allow-list
+        raise CheckpointError(f"{path}: refused to load (not a plain RNG state of tensors and numbers; "
+                              f"checkpoints are trusted input, see trainer/checkpoint.py): {str(e).splitlines()[0]}")
+    if not isinstance(state, dict) or not {"torch", "numpy", "python"} <= state.keys():
+        raise CheckpointError(f"{path}: not an RNG state written by this trainer")
+    return state
 
 
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, trainer_state: dict,
@@ -57,7 +88,7 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     dist.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-    torch.save(_rng_state(), tmp / f"rng-rank{rank:05d}.pt")
+    torch.save(rng_state(), tmp / f"rng-rank{rank:05d}.pt")
     dist.barrier()
     if rank == 0:
         (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
@@ -97,13 +128,24 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     rng = path / f"rng-rank{rank:05d}.pt"
     if rng.exists():  # absent when resuming on more ranks than the run had
-        _set_rng_state(torch.load(rng, weights_only=False))
+        set_rng_state(load_rng_file(rng))
     return read_trainer_state(path)
 
 
-def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Full fp32 weights of a DCP checkpoint dir or an exported/merged dir (model.safetensors), on CPU."""
+def weights_dir(path: str | Path) -> Path:
+    """The directory holding the weights of `path`: an export/merge (model.safetensors), a checkpoint (.metadata),
+    or, for a run dir without an export, its latest checkpoint."""
     path = Path(path)
+    if (path / EXPORT_WEIGHTS).exists() or (path / ".metadata").exists():
+        return path
+    if (path / "checkpoints").is_dir():
+        return find_checkpoint(path)
+    raise FileNotFoundError(f"{path} is neither a run dir, a checkpoint (.metadata) nor an export ({EXPORT_WEIGHTS})")
+
+
+def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of a DCP checkpoint dir, an exported/merged dir (model.safetensors) or a run dir, on CPU."""
+    path = weights_dir(path)
     if (path / EXPORT_WEIGHTS).exists():
         from safetensors.torch import load_file
 
@@ -124,8 +166,8 @@ def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_model_config(path: str | Path) -> dict:
-    """The model config saved with a checkpoint (trainer_state.json) or an export (config.json)."""
-    path = Path(path)
+    """The model config saved with a checkpoint (trainer_state.json), an export (config.json) or a run dir."""
+    path = weights_dir(path)
     if (path / EXPORT_CONFIG).exists():
         return json.loads((path / EXPORT_CONFIG).read_text())["model"]
     return read_trainer_state(path)["model"]

@@ -1,6 +1,9 @@
 """`cli.py train` and `cli.py merge`."""
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +12,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from trainer.config import DTYPES, POSITIONS, PRESETS, SCHEDULES, TrainConfig
+from trainer.config import ATTENTION, DTYPES, INITS, POSITIONS, PRESETS, SCHEDULES, ModelConfig, TrainConfig
+from trainer.recipes import RECIPES, get_recipe
+
+HF_PREFIX = "hf:"  # same as trainer.train.HF_PREFIX (not imported: the CLI keeps torch out of --help)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,35 +33,168 @@ def launch(cfg: TrainConfig, nproc: int) -> int:
     return subprocess.call(cmd, env=env, cwd=ROOT)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """"5796,6198,8915" -> [5796, 6198, 8915]; ValueError on anything else (empty items, non-integers, repeats)."""
+    items = [x.strip() for x in text.split(",")]
+    if not all(x.lstrip("-").isdigit() for x in items):
+        raise ValueError(f"--seeds must be comma-separated integers such as 5796,6198,8915, got {text!r}")
+    seeds = [int(x) for x in items]
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"--seeds must be distinct non-negative integers, got {text!r}")
+    return seeds
+
+
+def choose_seeds(cfg: TrainConfig, seed: int | None, seeds: str | None) -> list[int]:
+    """--seeds, else --seed, else the recipe's seeds (Instella stage 2: three), else 0."""
+    if seeds is not None and seed is not None:
+        raise ValueError("give --seed or --seeds, not both")
+    if seeds is not None:
+        return parse_seeds(seeds)
+    if seed is not None:
+        return [seed]
+    recipe_seeds = list(get_recipe(cfg.recipe).seeds) if cfg.recipe else []
+    return recipe_seeds or [0]
+
+
+def check_init_from(spec: str, preset: str | None) -> None:
+    """Fail early (ValueError / FileNotFoundError) on an --init-from that cannot be read or does not fit --preset."""
+    if spec.startswith(HF_PREFIX):
+        try:
+            from trainer import hf
+        except ImportError as e:
+            raise ValueError(f"--init-from hf:DIR needs trainer/hf.py (Hugging Face import): {e}") from e
+        if not Path(spec[len(HF_PREFIX):]).is_dir():
+            raise FileNotFoundError(f"--init-from {spec}: no such directory")
+        found = hf.hf_config_to_model_config(spec[len(HF_PREFIX):])
+    else:
+        from trainer.checkpoint import read_model_config
+
+        known = {f.name for f in dataclasses.fields(ModelConfig)}
+        found = ModelConfig(**{k: v for k, v in read_model_config(spec).items() if k in known})
+    if preset is not None:
+        shape = ("n_layers", "d_model", "n_heads", "ffn_dim", "vocab_size")
+        want = PRESETS[preset].model
+        diff = [f"{k} {getattr(found, k)} vs {getattr(want, k)}" for k in shape
+                if getattr(found, k) != getattr(want, k)]
+        if diff:
+            raise ValueError(f"--init-from {spec} does not fit --preset {preset} ({', '.join(diff)}); leave out "
+                             "--preset to train the checkpoint's own model")
+
+
+def run_one(cfg: TrainConfig, nproc: int) -> int:
+    """Train `cfg` here (one process, or one rank under an outer torchrun) or on `nproc` local processes."""
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return launch(cfg, nproc)
+    from trainer.checkpoint import CheckpointError
+    from trainer.train import train
+
+    try:
+        train(cfg)
+    except CheckpointError as e:
+        typer.echo(f"error: {e}", err=True)
+        return 2
+    return 0
+
+
+def finished_run(cfg: TrainConfig) -> bool:
+    """True when cfg.out holds a finished export of a run with exactly this config (so a soup command that was
+    interrupted during a later seed can be rerun without retraining the seeds already done)."""
+    run = Path(cfg.out)
+    if not (run / "model.safetensors").exists() or not (run / "train_config.json").exists():
+        return False
+    stored = json.loads((run / "train_config.json").read_text())
+    stored.pop("resolved", None)
+    ignore = ("progress", "resume", "resume_step")
+    return {k: v for k, v in stored.items() if k not in ignore} == \
+        {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignore}
+
+
+def train_soup(cfg: TrainConfig, seeds: list[int], nproc: int) -> int:
+    """Instella's soup: train OUT/seed-S once per seed (same data and settings, seed of init and data order), then
+    average their final weights into OUT/model.safetensors."""
+    out = Path(cfg.out)
+    runs = [out / f"seed-{s}" for s in seeds]
+    for s, run in zip(seeds, runs):
+        resume = str(Path(cfg.resume) / f"seed-{s}") if cfg.resume else None
+        seed_cfg = dataclasses.replace(cfg, seed=s, out=str(run), resume=resume)
+        if finished_run(seed_cfg):
+            typer.echo(f"[train] seed {s}: {run} already finished with this exact config, kept")
+            continue
+        typer.echo(f"[train] seed {s} -> {run}")
+        rc = run_one(seed_cfg, nproc)
+        if rc:
+            return rc
+    if os.environ.get("RANK", "0") != "0":  # under an outer torchrun only rank 0 merges
+        return 0
+    from trainer.merge import merge_checkpoints
+
+    merge_checkpoints(runs, out)
+    typer.echo(f"[train] merged {len(runs)} seeds ({', '.join(map(str, seeds))}) -> {out}/model.safetensors")
+    return 0
+
+
 def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
         data: Annotated[Optional[Path], typer.Option(help="Build directory (manifest.duckdb + shards/) to train "
                                                      "on (required unless --plan).")] = None,
         out: Annotated[Optional[Path], typer.Option(help="Run directory: metrics.jsonl, checkpoints/, "
-                                                    "model.safetensors (required unless --plan).")] = None,
-        preset: Annotated[str, typer.Option(help=f"Model preset: {', '.join(PRESETS)}.")] = "tiny",
-        steps: Annotated[int, typer.Option(help="Optimizer steps to train (total, including resumed ones).")] = 100,
+                                                    "model.safetensors (required unless --plan). With several "
+                                                    "seeds: OUT/seed-S per seed and the merged OUT/model.safetensors"
+                                                    ".")] = None,
+        recipe: Annotated[Optional[str], typer.Option(help="Training stage with all of Instella's numbers: "
+                                                      f"{', '.join(RECIPES)} (see trainer/README.md). Explicit "
+                                                      "flags override its values.")] = None,
+        preset: Annotated[Optional[str], typer.Option(help=f"Model preset: {', '.join(PRESETS)} (default: the "
+                                                      "--init-from model, else the recipe's, else tiny).")] = None,
+        steps: Annotated[Optional[int], typer.Option(help="Duration in optimizer steps (total, including resumed "
+                                                     "ones; default: the recipe's duration, else 100).")] = None,
+        tokens: Annotated[Optional[int], typer.Option(help="Duration in tokens (rounded up to whole steps).")] = None,
+        epochs: Annotated[Optional[float], typer.Option(help="Duration in passes over the build (rounded up to "
+                                                        "whole steps).")] = None,
         nproc: Annotated[int, typer.Option(help="Local processes; >1 launches torchrun (FSDP over them).")] = 1,
-        seed: Annotated[int, typer.Option(help="Seed of the weights and of the data order.")] = 0,
-        seq_len: Annotated[Optional[int], typer.Option(help="Tokens per packed row; must divide the build's "
-                                                       "seq_len (default: min(preset, build)).")] = None,
-        micro_batch: Annotated[int, typer.Option(help="Packed rows concatenated into one microbatch.")] = 1,
-        grad_accum: Annotated[int, typer.Option(help="Microbatches per optimizer step and rank.")] = 1,
-        positions: Annotated[str, typer.Option(help=f"RoPE positions: {' | '.join(POSITIONS)} (restart per "
-                                               "document, or absolute in the row as Instella-Long).")] = "document",
+        seed: Annotated[Optional[int], typer.Option(help="Seed of the weights and of the data order (default 0, "
+                                                    "or the recipe's seeds).")] = None,
+        seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds, e.g. 5796,6198,8915: train once "
+                                                     "per seed into OUT/seed-S, then merge them into OUT (model "
+                                                     "soup; the default of --recipe instella-stage2).")] = None,
+        seq_len: Annotated[Optional[int], typer.Option(help="Tokens per packed row (default: the build's). Shorter "
+                                                       "must divide the build's and cuts its rows on purpose.")] = None,
+        batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step (default: the "
+                                                            "recipe's); converted exactly to micro-batch x grad-accum "
+                                                            "x data-parallel ranks, else an error.")] = None,
+        micro_batch: Annotated[Optional[int], typer.Option(help="Packed rows concatenated into one microbatch "
+                                                           "(default 1).")] = None,
+        grad_accum: Annotated[Optional[int], typer.Option(help="Microbatches per optimizer step and rank (default: "
+                                                          "from --batch-tokens / the recipe, else 1).")] = None,
+        attention: Annotated[Optional[str], typer.Option(help=f"{' | '.join(ATTENTION)}: stop attention at "
+                                                         "document boundaries (our default), or plain causal over "
+                                                         "the row (Instella stage 1/2, SFT).")] = None,
+        positions: Annotated[Optional[str], typer.Option(help=f"RoPE positions: {' | '.join(POSITIONS)} (restart "
+                                                         "per document (our default), or absolute in the row as "
+                                                         "Instella).")] = None,
+        init: Annotated[Optional[str], typer.Option(help=f"Weight init: {' | '.join(INITS)} (N(0,0.02) GPT-2 "
+                                                    "scaled (ours), or OLMo/Instella's truncated mitchell).")] = None,
+        norm_eps: Annotated[Optional[float], typer.Option(help="RMSNorm eps (ours 1e-6; Instella 1e-5).")] = None,
+        decay_norm: Annotated[Optional[bool], typer.Option("--decay-norm/--no-decay-norm", help="Weight decay on "
+                                                           "norm gains too (Instella) or not (ours).")] = None,
         rope_theta: Annotated[Optional[float], typer.Option(help="RoPE θ (default: the build's, else "
                                                             "the preset's).")] = None,
-        lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the preset's).")] = None,
-        schedule: Annotated[str, typer.Option(help=f"LR schedule: {' | '.join(SCHEDULES)}.")] = "cosine",
-        warmup: Annotated[Optional[int], typer.Option(help="Warmup steps (default: preset's, capped at "
-                                                      "steps/10).")] = None,
-        final_lr_ratio: Annotated[float, typer.Option(help="LR at the last step as a fraction of the peak.")] = 0.1,
+        lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the recipe's, else the "
+                                                    "preset's).")] = None,
+        schedule: Annotated[Optional[str], typer.Option(help=f"LR schedule: {' | '.join(SCHEDULES)} (default "
+                                                        "cosine).")] = None,
+        warmup: Annotated[Optional[int], typer.Option(help="Warmup steps (default: the recipe's, else the "
+                                                      "preset's capped at steps/10).")] = None,
+        final_lr_ratio: Annotated[Optional[float], typer.Option(help="LR at the last step as a fraction of the peak "
+                                                                "(default 0.1).")] = None,
         wsd_decay: Annotated[float, typer.Option(help="WSD: fraction of the steps spent decaying.")] = 0.2,
-        weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (matrices only).")] = 0.1,
-        grad_clip: Annotated[float, typer.Option(help="Clip the global gradient norm to this.")] = 1.0,
-        dtype: Annotated[str, typer.Option(help=f"Compute dtype: {' | '.join(DTYPES)} (bf16 keeps fp32 master "
-                                           "weights and reduces gradients in fp32).")] = "fp32",
+        weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay (default 0.1).")] = None,
+        grad_clip: Annotated[Optional[float], typer.Option(help="Clip the global gradient norm to this (default "
+                                                           "1.0).")] = None,
+        dtype: Annotated[Optional[str], typer.Option(help=f"Compute dtype: {' | '.join(DTYPES)} (bf16 keeps fp32 "
+                                                     "master weights and reduces gradients in fp32; default: the "
+                                                     "recipe's, else fp32).")] = None,
         compile: Annotated[bool, typer.Option(help="torch.compile each block.")] = False,
         act_ckpt: Annotated[bool, typer.Option(help="Recompute each block's activations in backward.")] = False,
         replicate: Annotated[Optional[int], typer.Option(help="HSDP replica groups (default: number of "
@@ -64,64 +203,79 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                                                   "sdpa_loop | dense.")] = "auto",
         save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: only at the end).")] = 0,
         resume: Annotated[Optional[Path], typer.Option(help="Resume from this run dir (latest checkpoint) or "
-                                                       "checkpoint dir.")] = None,
+                                                       "checkpoint dir (with several seeds: the soup dir). "
+                                                       "Checkpoints are trusted input.")] = None,
         resume_step: Annotated[Optional[int], typer.Option(help="Resume from the checkpoint of this step.")] = None,
-        init_from: Annotated[Optional[Path], typer.Option(help="Start from these weights (checkpoint, run or "
-                                                          "merged dir) with a fresh optimizer.")] = None,
+        init_from: Annotated[Optional[str], typer.Option(help="Start from these weights with a fresh optimizer: "
+                                                         "a run, checkpoint or merged dir, or hf:DIR (a Hugging "
+                                                         "Face checkpoint).")] = None,
         peak_tflops: Annotated[Optional[float], typer.Option(help="Peak TFLOP/s per device for MFU (default: "
                                                              "from the GPU name; none on CPU).")] = None,
         log_every: Annotated[int, typer.Option(help="Write metrics.jsonl every N steps.")] = 1,
         progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-        sp: Annotated[int, typer.Option(help="Ulysses sequence parallelism: processes sharing one row (must "
-                                        "divide --nproc, the heads and the row length).")] = 1,
+        sp: Annotated[Optional[int], typer.Option(help="Ulysses sequence parallelism: processes sharing one row "
+                                                  "(must divide --nproc, the heads and the row length; default: "
+                                                  "the recipe's, else 1).")] = None,
         plan: Annotated[bool, typer.Option(help="Print the per-GPU memory plan (params, grads, optimizer, "
                                            "activations, logits chunks) for --preset/--seq-len/--sp/--nproc/"
                                            "--act-ckpt and exit; e.g. --preset instella-3b --seq-len 262144 "
                                            "--sp 4 --nproc 8 --act-ckpt.")] = False,
     ) -> None:
-        """Train a decoder on a build with FSDP2, document masking and exact resume."""
+        """Train a decoder on a build with FSDP2, document masking and exact resume; --recipe selects a stage."""
+        def fail(message: str) -> None:
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(2)
+
         if plan:
             from trainer.plan import PlanConfig, plan_memory
 
-            model_cfg = PRESETS[preset].model if preset in PRESETS else None
-            if model_cfg is None:
-                typer.echo(f"error: unknown preset {preset!r}; choose one of {sorted(PRESETS)}", err=True)
-                raise typer.Exit(2)
+            name = preset or "tiny"
+            if name not in PRESETS:
+                fail(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+            model_cfg = PRESETS[name].model
             try:
-                pcfg = PlanConfig(seq_len=seq_len or model_cfg.seq_len, sp=sp, world=nproc, act_ckpt=act_ckpt,
-                                  micro_batch=micro_batch)
+                pcfg = PlanConfig(seq_len=seq_len or model_cfg.seq_len, sp=sp or 1, world=nproc, act_ckpt=act_ckpt,
+                                  micro_batch=micro_batch or 1)
             except ValueError as e:
-                typer.echo(f"error: {e}", err=True)
-                raise typer.Exit(2)
+                fail(str(e))
             typer.echo(plan_memory(model_cfg, pcfg).format())
             return
         if data is None or out is None:
-            typer.echo("error: --data and --out are required (unless --plan)", err=True)
-            raise typer.Exit(2)
-        if sp < 1 or nproc % sp:
-            typer.echo(f"error: --sp {sp} must be >= 1 and divide --nproc {nproc}", err=True)
-            raise typer.Exit(2)
-        try:
-            cfg = TrainConfig(
-                data=str(data), out=str(out), preset=preset, steps=steps, seed=seed, seq_len=seq_len,
-                micro_batch=micro_batch, grad_accum=grad_accum, positions=positions, rope_theta=rope_theta, lr=lr,
-                schedule=schedule, warmup=warmup, final_lr_ratio=final_lr_ratio, wsd_decay=wsd_decay,
-                weight_decay=weight_decay, grad_clip=grad_clip, dtype=dtype, compile=compile, act_ckpt=act_ckpt,
-                replicate=replicate, attn_backend=attn_backend, save_every=save_every,
-                resume=str(resume) if resume else None, resume_step=resume_step,
-                init_from=str(init_from) if init_from else None, peak_tflops=peak_tflops, log_every=log_every,
-                progress=progress, extra={"sp": sp} if sp > 1 else {})
-        except ValueError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2)
+            fail("--data and --out are required (unless --plan)")
+        if nproc < 1:
+            fail(f"--nproc must be >= 1, got {nproc}")
+        if sp is not None and (sp < 1 or nproc % sp):
+            fail(f"--sp {sp} must be >= 1 and divide --nproc {nproc}")
         if not (data / "manifest.duckdb").exists():
-            typer.echo(f"error: no manifest.duckdb in {data} (missing or unfinished build)", err=True)
-            raise typer.Exit(2)
-        if nproc > 1 and "LOCAL_RANK" not in os.environ:
-            raise typer.Exit(launch(cfg, nproc))
-        from trainer.train import train
+            fail(f"no manifest.duckdb in {data} (missing or unfinished build)")
+        try:
+            if recipe is not None:
+                get_recipe(recipe)
+            cfg = TrainConfig(
+                data=str(data), out=str(out), preset=preset, recipe=recipe, steps=steps, tokens=tokens,
+                epochs=epochs, seq_len=seq_len, batch_tokens=batch_tokens, micro_batch=micro_batch,
+                grad_accum=grad_accum, positions=positions, attention=attention, init=init, norm_eps=norm_eps,
+                decay_norm=decay_norm, rope_theta=rope_theta, lr=lr, schedule=schedule, warmup=warmup,
+                final_lr_ratio=final_lr_ratio, wsd_decay=wsd_decay, weight_decay=weight_decay, grad_clip=grad_clip,
+                dtype=dtype, compile=compile, act_ckpt=act_ckpt, replicate=replicate, attn_backend=attn_backend,
+                save_every=save_every, resume=str(resume) if resume else None, resume_step=resume_step,
+                init_from=init_from, peak_tflops=peak_tflops, log_every=log_every, progress=progress,
+                extra={"sp": sp} if sp else {})
+            run_seeds = choose_seeds(cfg, seed, seeds)
+            cfg = dataclasses.replace(cfg, seed=run_seeds[0])
+            if init_from:
+                check_init_from(init_from, preset)
+            from trainer.train import resolve_run
 
-        train(cfg)
+            world = nproc if "LOCAL_RANK" not in os.environ else int(os.environ.get("WORLD_SIZE", 1))
+            resolve_run(cfg, world)  # every setting checked here, before any process starts
+        except (ValueError, FileNotFoundError) as e:
+            fail(str(e))
+        if len(run_seeds) > 1:
+            raise typer.Exit(train_soup(cfg, run_seeds, nproc))
+        rc = run_one(cfg, nproc)
+        if rc:
+            raise typer.Exit(rc)
 
     @app.command("merge")
     def merge_cmd(

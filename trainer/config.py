@@ -9,6 +9,8 @@ VOCAB_PADDED = 50_304  # GPT-NeoX-20B + PII specials (50,280) padded to a multip
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
 POSITIONS = ("document", "absolute")
 DTYPES = ("fp32", "bf16")
+ATTENTION = ("document", "causal")  # document: attention stops at document boundaries; causal: over the whole row
+INITS = ("normal", "mitchell")  # normal: N(0, init_std), GPT-2 scaled outputs; mitchell: OLMo / Instella
 
 
 @dataclass(frozen=True)
@@ -24,8 +26,11 @@ class ModelConfig:
     rope_theta: float = 10_000.0
     norm_eps: float = 1e-6
     init_std: float = 0.02
+    init: str = "normal"  # weight init scheme, one of INITS (trainer.model.Transformer.init_weights)
 
     def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if (self.d_model // self.n_heads) % 2:
@@ -68,32 +73,46 @@ def get_preset(name: str) -> Preset:
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; `python cli.py train` fills it from the command line."""
+    """Everything a training run needs; `python cli.py train` fills it from the command line.
+
+    Fields left `None` are filled by `trainer.recipes.resolve_settings`: the flag's value, else the recipe's, else the
+    build's, else our default. The resolved values are printed at start and stored under "resolved" in
+    RUN/train_config.json.
+    """
 
     data: str  # build directory (manifest.duckdb + shards/)
     out: str  # run directory: metrics.jsonl, checkpoints/, model.safetensors, loss.png
-    preset: str = "tiny"
-    steps: int = 100
+    preset: str | None = None  # model preset; default: the --init-from model's, else the recipe's, else "tiny"
+    recipe: str | None = None  # a stage of trainer.recipes.RECIPES (Instella's numbers for that stage)
+    steps: int | None = None  # duration: steps, else `tokens`, else `epochs`, else the recipe's, else 100
+    tokens: int | None = None  # duration in tokens (rounded up to whole steps)
+    epochs: float | None = None  # duration in passes over the build (rounded up to whole steps)
     seed: int = 0
     # data
-    seq_len: int | None = None  # tokens per packed row fed to the model; default min(preset, build), must divide build
-    micro_batch: int = 1  # packed rows concatenated into one microbatch
-    grad_accum: int = 1  # microbatches per optimizer step (per rank)
-    positions: str = "document"  # "document": RoPE positions restart per document; "absolute": position in the row
+    seq_len: int | None = None  # tokens per packed row; default: the build's (shorter only when given explicitly)
+    batch_tokens: int | None = None  # tokens per optimizer step -> micro_batch x grad_accum x data-parallel world
+    micro_batch: int | None = None  # packed rows concatenated into one microbatch (default 1)
+    grad_accum: int | None = None  # microbatches per optimizer step (per rank); default from batch_tokens, else 1
+    positions: str | None = None  # "document": RoPE positions restart per document; "absolute": position in the row
+    attention: str | None = None  # "document" (default): no attention across documents; "causal": over the row
     rope_theta: float | None = None  # default: the build's rope_theta, else the preset's
+    # model fidelity switches (default: the preset's / ours; recipes choose Instella's)
+    init: str | None = None  # "normal" (ours) | "mitchell" (Instella)
+    norm_eps: float | None = None  # RMSNorm eps (ours 1e-6, Instella 1e-5)
+    decay_norm: bool | None = None  # weight decay on norm gains too (Instella: decay_norm_and_bias)
     # optimisation (AdamW as Instella)
-    lr: float | None = None  # peak; default from the preset
-    schedule: str = "cosine"
-    warmup: int | None = None  # default from the preset (capped at steps // 10 for short runs)
-    final_lr_ratio: float = 0.1  # lr at the last step = final_lr_ratio * peak
+    lr: float | None = None  # peak; default from the recipe, else the preset
+    schedule: str | None = None  # default "cosine"
+    warmup: int | None = None  # default: the recipe's, else the preset's capped at steps // 10
+    final_lr_ratio: float | None = None  # lr at the last step = final_lr_ratio * peak (default 0.1)
     wsd_decay: float = 0.2  # WSD: fraction of steps spent decaying
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    beta1: float | None = None
+    beta2: float | None = None
+    eps: float | None = None
+    weight_decay: float | None = None
+    grad_clip: float | None = None
     # parallelism and speed
-    dtype: str = "fp32"  # "bf16": bf16 params/compute, fp32 master weights and gradient reduction
+    dtype: str | None = None  # "bf16": bf16 params/compute, fp32 master weights and gradient reduction; default fp32
     compile: bool = False
     act_ckpt: bool = False
     replicate: int | None = None  # HSDP replica groups; default = number of nodes (shard within a node)
@@ -102,27 +121,44 @@ class TrainConfig:
     save_every: int = 0  # 0: only at the end
     resume: str | None = None  # run dir or checkpoint dir
     resume_step: int | None = None  # default: the latest checkpoint in `resume`
-    init_from: str | None = None  # weights only (checkpoint dir or exported/merged dir), fresh optimizer
+    init_from: str | None = None  # weights only, fresh optimizer: run/checkpoint/merged dir, or "hf:DIR"
     export: bool = True  # write model.safetensors + config.json at the end
     # telemetry
     log_every: int = 1
     plot: bool = True
     peak_tflops: float | None = None  # per device, for MFU; default from the GPU name, None on CPU
     progress: bool = True
-    extra: dict = field(default_factory=dict)  # free slot for extensions (e.g. sequence parallelism)
+    extra: dict = field(default_factory=dict)  # free slot for extensions ("sp": Ulysses sequence parallelism)
 
     def __post_init__(self) -> None:
-        get_preset(self.preset)
-        for name, value, allowed in (("schedule", self.schedule, SCHEDULES), ("positions", self.positions, POSITIONS),
-                                     ("dtype", self.dtype, DTYPES)):
-            if value not in allowed:
+        if self.preset is not None:
+            get_preset(self.preset)
+        for name, allowed in (("schedule", SCHEDULES), ("positions", POSITIONS), ("dtype", DTYPES),
+                              ("attention", ATTENTION), ("init", INITS)):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        for name in ("steps", "micro_batch", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("steps", "tokens", "micro_batch", "grad_accum", "batch_tokens", "seq_len"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name in ("epochs", "lr", "norm_eps", "eps"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        for name in ("warmup", "weight_decay", "grad_clip", "final_lr_ratio"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
 
-    def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2))
+    def to_json(self, path: str | Path, resolved: dict | None = None) -> None:
+        """Write the config; `resolved` (the settings the run actually used) is stored beside it for the record."""
+        raw = asdict(self)
+        if resolved is not None:
+            raw["resolved"] = resolved
+        tmp = Path(str(path) + ".tmp")
+        tmp.write_text(json.dumps(raw, indent=2))
+        tmp.replace(path)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "TrainConfig":

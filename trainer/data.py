@@ -170,33 +170,41 @@ class Batch:
                      self.cu_seqlens.to(device), self.max_seqlen, self.doc_lens)
 
 
-def collate(samples: list[Sample], positions: str = "document") -> Batch:
+def collate(samples: list[Sample], positions: str = "document", attention: str = "document") -> Batch:
     """Concatenate units into one flattened row with per-document labels and positions.
 
-    labels[i] = token[i+1] when i+1 is in the same document, so each document's first token is never a target (it
-    cannot be predicted from another document) and padding has no targets. With a loss mask, a target counts only
-    where the mask is 1. Positions restart at every document ("document") or count within the unit ("absolute").
+    attention="document" (ours): labels[i] = token[i+1] when i+1 is in the same document, so each document's first
+    token is never a target (it cannot be predicted from another document) and `cu_seqlens` stops attention at
+    document boundaries. attention="causal" (Instella stage 1/2 and SFT, plain OLMo): each unit's documents form one
+    causal sequence, so a document's first token is the target of the previous document's last token (its EOS).
+    Padding never has targets, and with a loss mask a target counts only where the mask is 1. Positions restart at
+    every document ("document") or count within the unit ("absolute").
     """
     ids, labels, pos, lens = [], [], [], []
     for smp in samples:
-        lab = np.full(len(smp.tokens), IGNORE, dtype=np.int64)
-        p = np.empty(len(smp.tokens), dtype=np.int64)
+        n_tok = len(smp.tokens)
+        if attention == "causal":  # the unit's real pieces become one sequence; padding stays its own piece
+            real = sum(n for n, pad in zip(smp.doc_lens, smp.is_pad) if not pad)
+            pieces = [(n, pad) for n, pad in ((real, False), (n_tok - real, True)) if n]
+        else:
+            pieces = list(zip(smp.doc_lens, smp.is_pad))
+        lab = np.full(n_tok, IGNORE, dtype=np.int64)
         start = 0
-        for n, pad in zip(smp.doc_lens, smp.is_pad):
-            end = start + n
+        for n, pad in pieces:
             if not pad:
-                lab[start:end - 1] = smp.tokens[start + 1:end]
-            p[start:end] = np.arange(n)
-            start = end
+                lab[start:start + n - 1] = smp.tokens[start + 1:start + n]
+            start += n
         if smp.loss_mask is not None:
             target_counts = np.append(smp.loss_mask[1:], 0).astype(bool)
             lab[~target_counts] = IGNORE
         if positions == "absolute":
-            p = np.arange(len(smp.tokens))
+            p = np.arange(n_tok)
+        else:
+            p = np.concatenate([np.arange(n) for n in smp.doc_lens])
         ids.append(smp.tokens)
         labels.append(lab)
         pos.append(p)
-        lens.extend(smp.doc_lens)
+        lens.extend(n for n, _ in pieces)
     cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
     return Batch(torch.from_numpy(np.concatenate(ids)), torch.from_numpy(np.concatenate(pos)),
                  torch.from_numpy(np.concatenate(labels)), torch.from_numpy(cu), max(lens), lens)
@@ -206,9 +214,10 @@ class StepLoader:
     """Yields, for each optimizer step, this rank's microbatches sorted heaviest (Σ doc_len²) first."""
 
     def __init__(self, dataset: PackedDataset, seed: int, rank: int, world: int, micro_batch: int, grad_accum: int,
-                 positions: str = "document") -> None:
+                 positions: str = "document", attention: str = "document") -> None:
         self.ds, self.seed, self.rank, self.world = dataset, seed, rank, world
         self.micro_batch, self.grad_accum, self.positions = micro_batch, grad_accum, positions
+        self.attention = attention
         self.epoch, self.cursor = 0, 0
         self._order: UnitPermutation | None = None
         self._order_epoch = -1
@@ -246,7 +255,7 @@ class StepLoader:
         units = self._take(self.units_per_step)
         per_rank = self.grad_accum * self.micro_batch
         mine = units[self.rank * per_rank:(self.rank + 1) * per_rank]
-        batches = [collate([self.ds[u] for u in mine[i:i + self.micro_batch]], self.positions)
+        batches = [collate([self.ds[u] for u in mine[i:i + self.micro_batch]], self.positions, self.attention)
                    for i in range(0, per_rank, self.micro_batch)]
         return sorted(batches, key=lambda b: b.attn_cost, reverse=True)  # stable: ties keep stream order
 

@@ -100,15 +100,34 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """N(0, init_std) everywhere; residual output projections scaled by 1/sqrt(2 n_layers) (GPT-2)."""
-        std = self.cfg.init_std
+        """Norm gains 1; matrices by `cfg.init`:
+
+        - "normal" (ours): N(0, init_std); residual output projections scaled by 1/sqrt(2 n_layers) (GPT-2);
+        - "mitchell" (OLMo / Instella `init_fn: mitchell`): normal truncated at ±3σ with σ = 1/sqrt(fan_in) for the
+          embedding, the q/k/v and gate/up projections and the LM head; 1/sqrt(2 · d_model · (l+1)) for the
+          attention output and 1/sqrt(2 · ffn_dim · (l+1)) for the MLP output of layer l (0-based).
+        """
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
                 p.fill_(1.0)
+            elif self.cfg.init == "mitchell":
+                std = self.mitchell_std(name)
+                nn.init.trunc_normal_(p, mean=0.0, std=std, a=-3 * std, b=3 * std)
             elif name.endswith(("wo.weight", "w_down.weight")):
-                p.normal_(0.0, std / math.sqrt(2 * self.cfg.n_layers))
+                p.normal_(0.0, self.cfg.init_std / math.sqrt(2 * self.cfg.n_layers))
             else:
-                p.normal_(0.0, std)
+                p.normal_(0.0, self.cfg.init_std)
+
+    def mitchell_std(self, name: str) -> float:
+        """σ of the mitchell init for parameter `name` (before truncation at ±3σ)."""
+        d, f = self.cfg.d_model, self.cfg.ffn_dim
+        if name.startswith("blocks."):
+            layer = int(name.split(".")[1])
+            if name.endswith("wo.weight"):
+                return 1.0 / math.sqrt(2 * d * (layer + 1))
+            if name.endswith("w_down.weight"):
+                return 1.0 / math.sqrt(2 * f * (layer + 1))
+        return 1.0 / math.sqrt(d)  # embedding, wqkv, w_gate_up, lm_head: all read d_model-wide inputs
 
     def hidden_states(self, input_ids, positions, cu_seqlens, max_seqlen: int) -> torch.Tensor:
         x = self.embed(input_ids)

@@ -9,10 +9,12 @@ import torch.nn as nn
 
 
 def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], eps: float,
-                    weight_decay: float) -> torch.optim.AdamW:
-    """Weight decay on matrices (projections, embedding, LM head); none on the 1-D norm gains."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+                    weight_decay: float, decay_norm: bool = False) -> torch.optim.AdamW:
+    """Weight decay on matrices (projections, embedding, LM head); on the 1-D norm gains only with `decay_norm`
+    (Instella's `decay_norm_and_bias: true`; ours exempts them, as most recipes do, so gains are not pulled to 0)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2 or decay_norm]
+    no_decay = [p for p in params if p.dim() < 2 and not decay_norm]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
 

@@ -21,17 +21,47 @@ from trainer.data import PackedDataset, StepLoader, read_build
 from trainer.metrics import MetricsLog, peak_flops, plot_loss, step_flops
 from trainer.model import Transformer
 from trainer.optim import LRSchedule, build_optimizer, set_lr
+from trainer.recipes import RunSettings, effective_preset, resolve_settings
+
+HF_PREFIX = "hf:"  # --init-from hf:DIR reads a Hugging Face checkpoint through trainer.hf
 
 
-def resolve_model_config(cfg: TrainConfig, build_seq_len: int, build_theta: float | None) -> ModelConfig:
-    """Preset, with the sequence length and RoPE θ of this run (config > build > preset)."""
-    base = get_preset(cfg.preset).model
-    seq_len = cfg.seq_len or min(base.seq_len, build_seq_len)
-    theta = cfg.rope_theta or build_theta or base.rope_theta
-    return dataclasses.replace(base, seq_len=seq_len, rope_theta=float(theta))
+def base_model_config(cfg: TrainConfig) -> tuple[ModelConfig, str]:
+    """The model before this run's settings: the preset, else the --init-from model's config; and where it came
+    from."""
+    name = effective_preset(cfg)
+    if name:
+        return get_preset(name).model, f"preset {name}"
+    if cfg.init_from.startswith(HF_PREFIX):
+        hf = _hf_module()
+        return hf.hf_config_to_model_config(cfg.init_from[len(HF_PREFIX):]), "--init-from hf config"
+    raw = ckpt.read_model_config(cfg.init_from)
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in raw.items() if k in known}), "--init-from config"
 
 
-def build_model(mcfg: ModelConfig, cfg: TrainConfig, env: parallel.DistEnv) -> Transformer:
+def resolve_model_config(base: ModelConfig, settings: RunSettings) -> ModelConfig:
+    """The model of this run: `base` with the run's row length, RoPE θ, norm eps and init scheme."""
+    return dataclasses.replace(base, seq_len=settings.seq_len, rope_theta=settings.rope_theta,
+                               norm_eps=settings.norm_eps, init=settings.init)
+
+
+def load_init_weights(spec: str, mcfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Full weights for --init-from: "hf:DIR" (a Hugging Face checkpoint) or one of our run/checkpoint/merge dirs."""
+    if spec.startswith(HF_PREFIX):
+        return _hf_module().load_hf_checkpoint(spec[len(HF_PREFIX):], mcfg)
+    return ckpt.load_model_weights(spec)
+
+
+def _hf_module():
+    try:
+        from trainer import hf
+    except ImportError as e:
+        raise ValueError(f"--init-from hf:DIR needs trainer.hf, which is not available here ({e})") from e
+    return hf
+
+
+def build_model(mcfg: ModelConfig, cfg: TrainConfig, env: parallel.DistEnv, dtype: str | None = None) -> Transformer:
     """Full init on CPU (same weights for any world size), meta-device init + sharded materialisation on GPU."""
     torch.manual_seed(cfg.seed)
     if env.device.type == "cuda":
@@ -44,14 +74,24 @@ def build_model(mcfg: ModelConfig, cfg: TrainConfig, env: parallel.DistEnv) -> T
     if cfg.compile:
         parallel.apply_compile(model)
     mesh = parallel.build_mesh(env, cfg.replicate)
-    parallel.apply_fsdp(model, mesh, parallel.mixed_precision(cfg.dtype))
+    parallel.apply_fsdp(model, mesh, parallel.mixed_precision(dtype or cfg.dtype or "fp32"))
     if env.device.type == "cuda":
         model.to_empty(device=env.device)
         torch.manual_seed(cfg.seed)
         model.init_weights()
     if cfg.init_from:
-        ckpt.load_full_weights(model, ckpt.load_model_weights(cfg.init_from))
+        ckpt.load_full_weights(model, load_init_weights(cfg.init_from, mcfg))
     return model
+
+
+def resolve_run(cfg: TrainConfig, world: int) -> tuple[RunSettings, ModelConfig]:
+    """Settings and model of `cfg` on `world` processes (reads only the build's manifest); ValueError if they
+    cannot run as asked. `cli.py train` calls this before launching anything, `train` again on every rank."""
+    info = read_build(cfg.data)
+    base, source = base_model_config(cfg)
+    settings = resolve_settings(cfg, base, info.seq_len, info.rope_theta, sum(n for _, n in info.shards), world,
+                                source)
+    return settings, resolve_model_config(base, settings)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -65,23 +105,21 @@ def train(cfg: TrainConfig) -> dict:
 
 def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
     run = Path(cfg.out)
+    settings, mcfg = resolve_run(cfg, env.world)
     if env.is_main:
         run.mkdir(parents=True, exist_ok=True)
-        cfg.to_json(run / "train_config.json")
-    info = read_build(cfg.data)
-    mcfg = resolve_model_config(cfg, info.seq_len, info.rope_theta)
+        cfg.to_json(run / "train_config.json", resolved=settings.to_dict())
     dataset = PackedDataset(cfg.data, mcfg.seq_len)
-    model = build_model(mcfg, cfg, env)
-    spc = seqpar.init_sequence_parallel(int(cfg.extra.get("sp", 1)), env.rank, env.world)
+    model = build_model(mcfg, cfg, env, settings.dtype)
+    spc = seqpar.init_sequence_parallel(settings.sp, env.rank, env.world)
     seqpar.enable_ulysses(model, spc)
-    preset = get_preset(cfg.preset)
-    peak_lr = cfg.lr if cfg.lr is not None else preset.lr
-    warmup = cfg.warmup if cfg.warmup is not None else min(preset.warmup, cfg.steps // 10)
-    schedule = LRSchedule(cfg.schedule, peak_lr, cfg.steps, warmup, cfg.final_lr_ratio, cfg.wsd_decay)
-    optimizer = build_optimizer(model, peak_lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay)
+    schedule = LRSchedule(settings.schedule, settings.lr, settings.steps, settings.warmup, settings.final_lr_ratio,
+                          cfg.wsd_decay)
+    optimizer = build_optimizer(model, settings.lr, (settings.beta1, settings.beta2), settings.eps,
+                                settings.weight_decay, settings.decay_norm)
     # ranks of one sequence-parallel group read the same rows
-    loader = StepLoader(dataset, cfg.seed, spc.data_rank(env.rank), spc.data_world(env.world), cfg.micro_batch,
-                        cfg.grad_accum, cfg.positions)
+    loader = StepLoader(dataset, cfg.seed, spc.data_rank(env.rank), spc.data_world(env.world), settings.micro_batch,
+                        settings.grad_accum, settings.positions, settings.attention)
 
     start = 0
     if cfg.resume:
@@ -92,25 +130,27 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
     log = MetricsLog(run, env.is_main, resume_step=start)
     peak = peak_flops(env.device, cfg.peak_tflops)
     progress = _progress(env.is_main and cfg.progress)
-    task = progress.add_task("train", total=cfg.steps, completed=start, loss=float("nan")) if progress else None
+    task = progress.add_task("train", total=settings.steps, completed=start, loss=float("nan")) if progress else None
     if env.is_main:
-        print(f"[train] {cfg.preset}: {mcfg.n_params() / 1e6:.1f}M params, seq {mcfg.seq_len}, θ {mcfg.rope_theta:g}, "
-              f"{len(dataset):,} units, world {env.world} (sp {spc.size}), {loader.units_per_step} units/step",
-              flush=True)
+        name = cfg.preset or effective_preset(cfg) or "model of --init-from"
+        print(f"[train] {name}: {mcfg.n_params() / 1e6:.1f}M params, seed {cfg.seed}, {len(dataset):,} units, "
+              f"world {env.world} (sp {spc.size}), {loader.units_per_step} units/step; resolved settings:\n"
+              f"{settings.table()}", flush=True)
 
     last = {}
     try:
         if progress:
             progress.start()
-        for step in range(start + 1, cfg.steps + 1):
-            last = _train_step(step, model, optimizer, schedule, loader, mcfg, cfg, env, peak, spc)
-            if step % cfg.log_every == 0 or step == cfg.steps:
+        for step in range(start + 1, settings.steps + 1):
+            last = _train_step(step, model, optimizer, schedule, loader, mcfg, settings, env, peak, spc)
+            if step % cfg.log_every == 0 or step == settings.steps:
                 log.log(last)
             if progress:
                 progress.update(task, completed=step, loss=last["loss"])
-            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
+            if (cfg.save_every and step % cfg.save_every == 0) or step == settings.steps:
                 state = {"step": step, "data": loader.state_dict(), "schedule": schedule.state_dict(),
-                         "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg)}
+                         "config": dataclasses.asdict(cfg), "settings": settings.to_dict(),
+                         "model": dataclasses.asdict(mcfg)}
                 ckpt.save_checkpoint(ckpt.checkpoint_dir(run, step), model, optimizer, state, env.rank)
     finally:
         if progress:
@@ -120,13 +160,15 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
         weights = ckpt.full_model_state(model)  # collective: every rank takes part
         if env.is_main:
             ckpt.export_safetensors(run, weights, {"model": dataclasses.asdict(mcfg), "preset": cfg.preset,
-                                                   "steps": cfg.steps, "data": cfg.data, "seed": cfg.seed})
+                                                   "recipe": settings.recipe, "steps": settings.steps,
+                                                   "data": cfg.data, "seed": cfg.seed})
     if env.is_main and cfg.plot:
         plot_loss(run)
     return last
 
 
-def _train_step(step, model, optimizer, schedule, loader, mcfg, cfg, env, peak, spc: seqpar.SPContext) -> dict:
+def _train_step(step, model, optimizer, schedule, loader, mcfg, settings: RunSettings, env, peak,
+                spc: seqpar.SPContext) -> dict:
     t0 = time.perf_counter()
     lr = schedule(step)
     set_lr(optimizer, lr)
@@ -142,7 +184,7 @@ def _train_step(step, model, optimizer, schedule, loader, mcfg, cfg, env, peak, 
         loss = model(batch.input_ids, batch.positions, batch.cu_seqlens, batch.max_seqlen, batch.labels)
         (loss * scale).backward()
         loss_sum += loss.detach().double()
-    grad_norm = parallel.clip_grad_norm(model.parameters(), cfg.grad_clip)
+    grad_norm = parallel.clip_grad_norm(model.parameters(), settings.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     loss_total = parallel.all_reduce_sum(loss_sum, env.device).item()

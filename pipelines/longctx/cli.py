@@ -35,21 +35,21 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             help="Base URL of the teacher server, without /v1 (e.g. http://127.0.0.1:8000).")] = None,
         model: Annotated[str, typer.Option(help="Teacher model name (sent in requests; loaded by vllm).")] = "Qwen/Qwen2.5-14B-Instruct-1M",
         api_key_env: Annotated[str, typer.Option(help="Environment variable holding the endpoint's API key, if any.")] = "OPENAI_API_KEY",
-        max_concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 32,
+        max_concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = 32,
         request_timeout: Annotated[float, typer.Option(help="Seconds one request may take before it counts as failed.")] = 600.0,
-        max_attempts: Annotated[int, typer.Option(help="Attempts per document before it is dropped with the last reason.")] = 4,
-        backoff: Annotated[float, typer.Option(help="Seconds before the 2nd attempt; doubles for each further one.")] = 2.0,
+        max_attempts: Annotated[int, typer.Option(min=1, help="Attempts per document before it is dropped with the last reason.")] = 4,
+        backoff: Annotated[float, typer.Option(min=0.0, help="Seconds before the 2nd attempt; doubles for each further one.")] = 2.0,
         ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for the server to answer /v1/models.")] = 60.0,
-        temperature: Annotated[float, typer.Option(help="Teacher sampling temperature.")] = 0.7,
-        max_new_tokens: Annotated[int, typer.Option(help="Teacher reply budget in tokens.")] = 512,
-        tp: Annotated[int, typer.Option(help="Tensor parallel GPUs (vllm only).")] = 1,
-        seed: Annotated[int, typer.Option(help="Seed for sub-part choice, grouping and the teacher's sampling.")] = 0,
-        min_doc_tokens: Annotated[int, typer.Option(help="book: documents shorter than this are dropped.")] = 8192,
-        max_doc_tokens: Annotated[int, typer.Option(help="book: documents are truncated to this (on a sentence end).")] = 131072,
-        subpart_min_tokens: Annotated[int, typer.Option(help="book: smallest sub-part shown to the teacher.")] = 2048,
-        subpart_max_tokens: Annotated[int, typer.Option(help="book: largest sub-part shown to the teacher.")] = 8192,
-        short_context_tokens: Annotated[int, typer.Option(help="short: at most this much of a document goes to the teacher.")] = 8192,
-        concat_min_tokens: Annotated[int, typer.Option(help="short: a sample holds documents until it has this many tokens.")] = 131072,
+        temperature: Annotated[float, typer.Option(min=0.0, help="Teacher sampling temperature.")] = 0.7,
+        max_new_tokens: Annotated[int, typer.Option(min=1, help="Teacher reply budget in tokens.")] = 512,
+        tp: Annotated[int, typer.Option(min=1, help="Tensor parallel GPUs (vllm only).")] = 1,
+        seed: Annotated[int, typer.Option(min=0, help="Seed for sub-part choice, grouping and the teacher's sampling.")] = 0,
+        min_doc_tokens: Annotated[int, typer.Option(min=1, help="book: documents shorter than this are dropped.")] = 8192,
+        max_doc_tokens: Annotated[int, typer.Option(min=1, help="book: documents are truncated to this (on a sentence end).")] = 131072,
+        subpart_min_tokens: Annotated[int, typer.Option(min=1, help="book: smallest sub-part shown to the teacher.")] = 2048,
+        subpart_max_tokens: Annotated[int, typer.Option(min=1, help="book: largest sub-part shown to the teacher.")] = 8192,
+        short_context_tokens: Annotated[int, typer.Option(min=1, help="short: at most this much of a document goes to the teacher.")] = 8192,
+        concat_min_tokens: Annotated[int, typer.Option(min=1, help="short: a sample holds documents until it has this many tokens.")] = 131072,
         force: Annotated[bool, typer.Option(help="Discard a finished or interrupted run of the same NAME and start over.")] = False,
     ) -> None:
         """Synthesise long-context QA samples with a teacher model (Instella-Long / ProLong recipe)."""
@@ -60,7 +60,18 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         )
         from pipelines.build import _display_uri
         from pipelines.sources import resolve_source
+        from pipelines.spec import FORMATS, SAFE_NAME
 
+        for flag, value in (("--request-timeout", request_timeout), ("--ready-timeout", ready_timeout)):
+            if not value > 0:
+                console.print(f"[bold red]error:[/] {flag} must be positive, got {value}")
+                raise typer.Exit(2)
+        if format not in FORMATS:
+            console.print(f"[bold red]error:[/] --format must be one of {', '.join(FORMATS)}, got {format!r}")
+            raise typer.Exit(2)
+        if name is not None and not SAFE_NAME.fullmatch(name):
+            console.print(f"[bold red]error:[/] --name must be a plain file name (no '/' or '..'), got {name!r}")
+            raise typer.Exit(2)
         try:
             cfg = LongQAConfig(kind=kind, seed=seed, min_doc_tokens=min_doc_tokens, max_doc_tokens=max_doc_tokens,
                                subpart_min_tokens=subpart_min_tokens, subpart_max_tokens=subpart_max_tokens,

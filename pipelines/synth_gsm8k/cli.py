@@ -24,14 +24,14 @@ def gsm8k(
                                                            "llm: Instella's procedure through a model server."),
     variants: int = typer.Option(50, "--variants", min=1, help="Variants wanted per train problem "
                                                                "(50 reaches Instella's ~28.5M tokens)."),
-    seed: int = typer.Option(0, "--seed", help="Seed; the output depends only on seed and input."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed; the output depends only on seed and input."),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes (symbolic mode); output is identical."),
     spread: float = typer.Option(2.0, "--spread", min=1.1, help="New values lie within [x/spread, x*spread]."),
     test: Path = typer.Option(SHARED / "gsm8k/test.jsonl", "--test",
                               help="GSM8K test JSONL: variants sharing a word 13-gram with it are dropped."),
     tokenizer: Path = typer.Option(SHARED / "tokenizers/allenai_eleuther-ai-gpt-neox-20b-pii-special.json",
                                    "--tokenizer", help="Tokenizer JSON used to count output tokens in the report."),
-    limit: int = typer.Option(None, "--limit", help="Only the first N train rows (smoke runs)."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Only the first N train rows (smoke runs)."),
     server_type: str = typer.Option("endpoint", "--server-type",
                                     help="llm mode: datatrove server type (endpoint, vllm, sglang)."),
     model: str = typer.Option("Qwen/Qwen2.5-72B-Instruct", "--model", help="llm mode: model name or path."),
@@ -45,6 +45,10 @@ def gsm8k(
     """Turn GSM8K train problems into parameterised programs and resample verified new problems."""
     if not input.is_file():
         raise typer.BadParameter(f"input file not found: {input}", param_hint="--input")
+    if not tokenizer.is_file():
+        raise typer.BadParameter(f"tokenizer file not found: {tokenizer}", param_hint="--tokenizer")
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
     test_path = test if test.is_file() else None
     if test_path is None:
         typer.echo(f"warning: {test} not found; variants are not checked against GSM8K test", err=True)
@@ -55,11 +59,16 @@ def gsm8k(
                                                          workers=workers), test_path, tokenizer, limit)
     else:
         from .llm import LLMConfig, run_llm
+        from .sandbox import SandboxUnavailable
 
-        report = run_llm(input, out, LLMConfig(server_type=server_type, model=model, endpoint_url=endpoint_url,
-                                               api_key=api_key, variants=variants, seed=seed,
-                                               concurrency=concurrency, program_tries=program_tries),
-                         test_path, tokenizer, limit)
+        try:
+            report = run_llm(input, out, LLMConfig(server_type=server_type, model=model, endpoint_url=endpoint_url,
+                                                   api_key=api_key, variants=variants, seed=seed,
+                                                   concurrency=concurrency, program_tries=program_tries),
+                             test_path, tokenizer, limit)
+        except SandboxUnavailable as e:  # generated programs are never run without isolation
+            typer.echo(f"error: the program sandbox cannot be set up on this machine: {e}", err=True)
+            raise typer.Exit(2)
     keys = ["problems", "problems_abstracted", "abstraction_rate", "variants_emitted", "tokens", "seconds"]
     typer.echo(json.dumps({k: report.get(k) for k in keys}))
     typer.echo(f"wrote {out}/report.json")

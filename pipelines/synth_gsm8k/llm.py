@@ -3,10 +3,11 @@ inference pipeline, so any server datatrove drives works: `endpoint` (any OpenAI
 `sglang`. datatrove brings concurrency, retries with back-off, per-request caching and resume
 (`DIR/work/cache`), and progress metrics; this module supplies the rollout and assembles the output.
 
-Generated programs only ever run in the sandbox (sandbox.py). A program is kept when it reproduces the original
-answer; a variant is kept when its program answer is a sane number, its rewritten question is new (not a train
-question, no 13-gram shared with GSM8K test) and the model's worked solution re-checks (every `<<expr=result>>`
-right, `####` = last result = program answer).
+Generated programs only ever run in the sandbox (sandbox.py: a whitelisted-AST interpreter inside an isolated
+process; a run stops with SandboxUnavailable if that isolation cannot be set up). A program is kept when it
+reproduces the original answer; a variant is kept when its program answer is a sane number, its rewritten
+question is new (not a train question, no 13-gram shared with GSM8K test) and the model's worked solution re-checks
+(every `<<expr=result>>` right, `####` = last result = program answer).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from .parse import check_solution, final_answer, parse_number
 from .prompts import (abstraction_messages, perturb_messages, program_messages, rewrite_messages,
                       solve_messages)
 from .report import Report, TokenCounter
-from .sandbox import SandboxLimits, run_program
+from .sandbox import SandboxLimits, ensure_available, run_program
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ def run_llm(input_path: str | Path, out_dir: str | Path, config: LLMConfig, test
     rows, skips = load_rows(input_path, limit)
     test_index = NgramIndex.from_gsm8k(test_path) if test_path else None
     rollout = Rollout(config, frozenset(" ".join(r.question.split()) for r in rows), test_index)
+    ensure_available(rollout.limits)  # fail closed before any model call, not once per program
     inference = InferenceConfig(
         server_type=config.server_type, model_name_or_path=config.model, endpoint_url=config.endpoint_url,
         api_key=config.api_key, use_chat=True, max_concurrent_generations=config.concurrency,

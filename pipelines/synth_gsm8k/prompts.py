@@ -42,8 +42,9 @@ ABSTRACTION_EXAMPLES = [
 PROGRAM_SYSTEM = (
     "Write a Python program that solves the given abstract math question. It must define a function "
     "`answer(...)` taking exactly the listed parameters as keyword arguments and returning the numeric answer. "
-    "Use only arithmetic and the math module; no input, output, files or other imports. Reply with one ```python "
-    "code block."
+    "Use only numbers, arithmetic, lists, if/for/while, helper functions and the math module; no dicts, classes, "
+    "lambdas, try, f-strings, methods, input, output, files or other imports (it runs in a restricted interpreter). "
+    "Reply with one ```python code block."
 )
 PROGRAM_EXAMPLES = [
     (

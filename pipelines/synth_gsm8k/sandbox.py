@@ -1,44 +1,46 @@
-"""Run an untrusted generated program (a model's `def answer(...)`) and get its return value, safely enough.
+"""Run an untrusted generated program (a model's `def answer(...)`) and get its return value.
 
-Layers, each enough to stop the hostile programs of the tests on its own where it applies:
+Layer 1, escape impossible by construction: the program is never given to Python. `safe_eval` checks it against a
+small whitelisted subset (numbers, arithmetic, assignments, if/for/while, calls of allowed math functions; no
+attribute access beyond `math.NAME`, no dunder names, no imports but math/fractions/typing) and evaluates it with
+its own AST interpreter, metering steps, loop iterations, call depth, integer size, sequence length and printed
+bytes. A program outside the subset is refused before anything runs ("rejected: ...").
 
-1. Static screen (AST): no imports other than `math`, no dunder names or attributes (`().__class__.__bases__`),
-   no `open`/`exec`/`eval`/`compile`/`getattr`/`globals`/... — rejected before anything runs.
-2. A separate process (`python -I -S`, empty environment, empty working folder, new session) whose builtins are a
-   small allow-list; `__import__` only hands out `math`.
-3. Kernel limits set in the child before Python starts: CPU seconds (endless loop -> SIGXCPU), address space (huge
-   allocation -> MemoryError), no file writes (RLIMIT_FSIZE=0), no child processes; once the request is read the
-   child lowers RLIMIT_NOFILE to the three standard streams, so no file or socket can be opened at all.
-4. Where the kernel allows unprivileged user namespaces, the child also gets an empty network namespace.
-5. A wall-clock timeout in the parent kills the whole process group (a program blocked rather than computing).
+Layer 2, in case layer 1 has a bug: the interpreter runs in a child process (`python -I -S -B`, empty environment,
+empty working folder, new session, no inherited descriptors, stderr discarded). Before the request is read the
+child (sandbox_child.py) isolates itself and only then evaluates:
+- an empty network namespace (`unshare(CLONE_NEWNET)` as root, `CLONE_NEWUSER|CLONE_NEWNET` otherwise);
+- as root, it drops to uid/gid 65534 (nobody), so it cannot signal the parent or touch root's files;
+- rlimits: CPU seconds, address space, no file writes (FSIZE 0), no core files, no new processes; after reading
+  the request, no descriptors beyond the three standard streams.
+If the namespace or the privilege drop cannot be set up the child FAILS CLOSED: it runs nothing and answers
+"refused: ..." — unless the caller passes `SandboxLimits(require_isolation=False)`. Failing closed is the default
+because the machines this runs on (dev boxes and CI, as root, and unprivileged users where the kernel allows user
+namespaces) can set both up; a container that forbids `unshare` must opt out explicitly and knowingly.
+The parent reads at most `max_output_bytes + 1` bytes of the child's stdout, kills the child's process group on
+overflow or at the wall-clock deadline, and never waits on anything unbounded.
 
-A program that breaks a rule is rejected or killed with a reason; the caller records it and goes on.
+Every failure comes back as a SandboxResult with a reason; the caller records it and goes on.
 """
 from __future__ import annotations
 
-import ast
 import json
 import os
-import resource
+import select
 import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-ALLOWED_MODULES = frozenset({"math"})
-FORBIDDEN_NAMES = frozenset({
-    "open", "exec", "eval", "compile", "globals", "locals", "vars", "getattr", "setattr", "delattr", "input",
-    "breakpoint", "help", "exit", "quit", "memoryview", "dir", "type", "object", "super", "classmethod",
-    "staticmethod", "property", "__import__", "__builtins__", "os", "sys", "subprocess", "socket", "importlib",
-})
-SAFE_BUILTINS = (
-    "abs", "all", "any", "bool", "dict", "divmod", "enumerate", "filter", "float", "frozenset", "int", "isinstance",
-    "len", "list", "map", "max", "min", "pow", "print", "range", "reversed", "round", "set", "sorted", "str", "sum",
-    "tuple", "zip", "ArithmeticError", "Exception", "ValueError", "ZeroDivisionError", "TypeError", "True", "False",
-    "None",
-)
+from .safe_eval import EvalLimits, check
+from .sandbox_child import MAX_REQUEST_BYTES
+# the folder holding the `pipelines` package, so the child can import this module under `python -I`
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 @dataclass(frozen=True)
@@ -47,115 +49,117 @@ class SandboxLimits:
     memory_bytes: int = 512 * 2**20
     wall_seconds: float = 10.0
     max_output_bytes: int = 65536
+    require_isolation: bool = True  # False: run even where the network namespace / privilege drop is impossible
+    program: EvalLimits = field(default_factory=EvalLimits)
 
 
 @dataclass(frozen=True)
 class SandboxResult:
     ok: bool
     value: Any = None
-    reason: str | None = None  # why it failed: "rejected: ...", "killed: ...", "error: ..."
+    # why it failed: "rejected: ..." (outside the subset), "limit: ..." (an interpreter bound), "error: ..." (the
+    # program failed), "killed: ..." (a process limit), "refused: ..." (isolation could not be set up)
+    reason: str | None = None
 
 
-def screen(source: str) -> str | None:
-    """Why the program is refused without running it, or None."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError as e:
-        return f"syntax error: {e.msg} (line {e.lineno})"
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            bad = [a.name for a in node.names if a.name not in ALLOWED_MODULES]
-            if bad:
-                return f"import of {bad[0]!r} is not allowed"
-        elif isinstance(node, ast.ImportFrom):
-            if node.module not in ALLOWED_MODULES:
-                return f"import from {node.module!r} is not allowed"
-        elif isinstance(node, ast.Name) and (node.id in FORBIDDEN_NAMES or node.id.startswith("__")):
-            return f"name {node.id!r} is not allowed"
-        elif isinstance(node, ast.Attribute) and node.attr.startswith("_"):
-            return f"attribute {node.attr!r} is not allowed"
-        elif isinstance(node, (ast.Global, ast.Nonlocal)):
-            return "global/nonlocal statements are not allowed"
-    return None
+class SandboxUnavailable(RuntimeError):
+    """The sandbox cannot run programs here (e.g. it refuses because isolation cannot be set up)."""
 
 
-# The child's program. It reads one JSON request, drops its right to open anything, runs, prints one JSON line.
-_RUNNER = r"""
-import sys, json, math, resource, builtins
-req = json.loads(sys.stdin.read())
-resource.setrlimit(resource.RLIMIT_NOFILE, (3, 3))
-def _import(name, globals=None, locals=None, fromlist=(), level=0):
-    if name in ("math",):
-        return math
-    raise ImportError("import of %r is not allowed" % name)
-safe = {n: getattr(builtins, n) for n in req["builtins"] if hasattr(builtins, n)}
-safe["__import__"] = _import
-safe["print"] = lambda *a, **k: None  # stdout carries the answer
-g = {"__builtins__": safe, "math": math, "__name__": "program"}
-try:
-    exec(compile(req["source"], "<program>", "exec"), g)
-    fn = g.get(req["func"])
-    if not callable(fn):
-        raise NameError("no function %r" % req["func"])
-    value = fn(**req["kwargs"])
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError("returned %s, not a number" % type(value).__name__)
-    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
-        raise ValueError("returned a non-finite number")
-    out = {"ok": True, "value": value}
-except MemoryError:
-    out = {"ok": False, "reason": "killed: memory limit"}
-except BaseException as e:
-    out = {"ok": False, "reason": "error: %s: %s" % (type(e).__name__, str(e)[:200])}
-sys.stdout.write(json.dumps(out))
-"""
-
-
-def _limit_child(limits: SandboxLimits) -> None:  # runs in the child between fork and exec
-    os.setsid()
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    try:
-        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
-    except (ValueError, OSError):
-        pass
-    try:  # an empty network namespace when unprivileged user namespaces are allowed
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.unshare(0x10000000 | 0x40000000)  # CLONE_NEWUSER | CLONE_NEWNET; failure leaves the other layers
-    except Exception:
-        pass
+def ensure_available(limits: SandboxLimits = SandboxLimits()) -> None:
+    """Run a trivial program once; raise SandboxUnavailable with the reason if the sandbox cannot work here, so a
+    run stops before spending model calls on programs that would all be refused."""
+    probe = run_program("def answer(x):\n    return x + 1\n", {"x": 1}, "answer", limits)
+    if not (probe.ok and probe.value == 2):
+        raise SandboxUnavailable(f"the generated-program sandbox does not work here: {probe.reason}")
 
 
 def run_program(source: str, kwargs: dict[str, Any], func: str = "answer",
-                limits: SandboxLimits = SandboxLimits(), static_screen: bool = True) -> SandboxResult:
-    """Call `func(**kwargs)` of `source` in the sandbox. `static_screen=False` only exists to test the other layers."""
-    if static_screen:
-        why = screen(source)
-        if why:
-            return SandboxResult(False, reason=f"rejected: {why}")
-    request = json.dumps({"source": source, "func": func, "kwargs": kwargs, "builtins": list(SAFE_BUILTINS)})
+                limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
+    """Call `func(**kwargs)` of `source` in the sandbox."""
+    why = check(source, limits.program)  # in-process: parsing only, nothing of the program runs here
+    if why:
+        return SandboxResult(False, reason=f"rejected: {why}")
+    request = json.dumps({"source": source, "func": func, "kwargs": kwargs, "limits": asdict(limits.program)})
+    if len(request) > MAX_REQUEST_BYTES:  # ASCII JSON: characters are bytes
+        return SandboxResult(False, reason=f"rejected: arguments larger than {MAX_REQUEST_BYTES} bytes")
+    return run_isolated("serve()", request.encode(), limits)
+
+
+def run_isolated(payload: str, stdin: bytes, limits: SandboxLimits, preload: str = "") -> SandboxResult:
+    """Run `payload` (Python source, trusted: `serve()` or a test's stand-in for an escaped program) in an isolated
+    child, after `isolate(...)`; its stdout must be one JSON object {"ok", "value" | "reason"}. `preload` runs
+    before isolation (imports a payload needs: after the privilege drop the stdlib may be unreadable)."""
+    config = {"cpu_seconds": limits.cpu_seconds, "memory_bytes": limits.memory_bytes,
+              "require_isolation": limits.require_isolation}
+    code = (f"import sys\nsys.path.insert(0, {_PACKAGE_ROOT!r})\n{preload}\n"
+            f"from pipelines.synth_gsm8k.sandbox_child import isolate, serve\nisolate({config!r})\n{payload}\n")
     with tempfile.TemporaryDirectory(prefix="gsm8k-sandbox-") as cwd:
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _RUNNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, cwd=cwd, env={}, preexec_fn=lambda: _limit_child(limits),
-        )
+        proc = subprocess.Popen([sys.executable, "-I", "-S", "-B", "-c", code], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=cwd, env={},
+                                close_fds=True, start_new_session=True)
+        feeder = threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True)
+        feeder.start()
+        deadline = time.monotonic() + limits.wall_seconds
         try:
-            stdout, _ = proc.communicate(request.encode(), timeout=limits.wall_seconds)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            return SandboxResult(False, reason="killed: wall-clock timeout")
+            out, stopped = read_bounded(proc.stdout.fileno(), limits.max_output_bytes, deadline)
+            if stopped is None:  # stdout closed: the child is exiting
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    stopped = "killed: wall-clock timeout"
+        finally:
+            _kill_group(proc.pid)
+            proc.wait()
+            proc.stdout.close()
+            feeder.join(timeout=1)
+    if stopped:
+        return SandboxResult(False, reason=stopped)
     if proc.returncode < 0:
         sig = -proc.returncode
         what = {signal.SIGXCPU: "cpu time limit", signal.SIGKILL: "cpu time limit (hard)",
                 signal.SIGSEGV: "memory limit (segfault)"}.get(sig, f"signal {sig}")
         return SandboxResult(False, reason=f"killed: {what}")
     try:
-        out = json.loads(stdout[:limits.max_output_bytes])
-    except json.JSONDecodeError:
+        reply = json.loads(out)
+        return SandboxResult(bool(reply["ok"]), reply.get("value"), reply.get("reason"))
+    except (ValueError, KeyError, TypeError):
         return SandboxResult(False, reason=f"error: unreadable output (exit {proc.returncode})")
-    return SandboxResult(out["ok"], out.get("value"), out.get("reason"))
+
+
+def read_bounded(fd: int, limit: int, deadline: float) -> tuple[bytes, str | None]:
+    """Read `fd` to EOF, but never more than `limit + 1` bytes nor past `deadline`; says why it stopped early."""
+    buf = bytearray()
+    poller = select.poll()  # not select(): the parent may hold more than FD_SETSIZE descriptors
+    poller.register(fd, select.POLLIN)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return bytes(buf), "killed: wall-clock timeout"
+        if not poller.poll(max(1, int(left * 1000))):
+            continue
+        chunk = os.read(fd, min(65536, limit + 1 - len(buf)))
+        if not chunk:
+            return bytes(buf), None
+        buf += chunk
+        if len(buf) > limit:
+            return bytes(buf), f"killed: output over {limit} bytes"
+
+
+def _feed(pipe, data: bytes) -> None:
+    try:
+        pipe.write(data)
+    except (OSError, ValueError):  # the child died or stopped reading: its result says why
+        pass
+    finally:
+        try:
+            pipe.close()
+        except OSError:
+            pass
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)  # the child leads its own session, so this reaches anything it left behind
+    except (ProcessLookupError, PermissionError):
+        pass
