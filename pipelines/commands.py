@@ -53,6 +53,9 @@ def print_summary(out: Path) -> None:
         "SELECT count(*), coalesce(sum(n_rows), 0), coalesce(sum(n_pad), 0), (SELECT seq_len FROM build) FROM shards"
     ).fetchone()
     console.print(f"{n_shards} shard(s), {n_rows:,} rows × {seq_len:,} tokens, {n_pad:,} padding tokens → {out}")
+    if con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'padding'").fetchone()[0]:
+        for source, n_pad_s, frac in con.execute("SELECT source, n_pad, pad_fraction FROM padding").fetchall():
+            console.print(f"  padding {source}: {n_pad_s:,} tokens ({(frac or 0) * 100:.1f}% of its rows)")
     con.close()
 
 

@@ -142,6 +142,9 @@ def estimate_source(name: str, files: list[str], fmt: str, text_key: str, sample
     if not files:
         est.note = "no files"
         return est
+    if fmt in ("mds", "chat"):  # read by pipelines/extra_formats.py, not sampled here
+        est.note = f"no estimate for format {fmt}"
+        return est
     tok_total = rec_total = byte_total = 0
     for f in files[:SAMPLE_FILES]:
         try:

@@ -23,6 +23,9 @@ REPO_ROOT = MIXTURES_DIR.parent
 # How a record becomes text (see pipelines/formats.py); the container (jsonl/gz/zst/parquet/json array) is inferred
 # from the file name.
 FORMATS = ("text", "messages", "conversations", "question_answer", *RENDERERS)
+# pre-tokenized MDS shards (pipelines/read_mds.py) and chat turns for the SFT template (pipelines/sft_chat.py)
+EXTRA_FORMATS = ("mds", "chat")
+TOKENIZATIONS = ("default", "dolma")  # spec key `tokenization` (pipelines/tokenize_modes.py)
 
 
 # Names become path components (default `out/<name>`, work dirs) and id prefixes: no separators, no `..`.
@@ -61,6 +64,7 @@ class MixtureSpec:
     dedup: dict[str, Any] | None = None
     decontaminate: dict[str, Any] | None = None
     tokens: float | None = None  # target tokens of the stage (e.g. 58e9), with per-source `share:`
+    tokenization: str = "default"  # "dolma": dolma-tokens-compatible text handling (pipelines/tokenize_modes.py)
     path: str = ""  # where the spec was loaded from (not part of the hash)
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,6 +161,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "sources": (list,), "description": (str,), "eos_id": (int,), "pad_id": (int,), "rope_theta": (int, float),
     "seed": (int,), "shard_tokens": (int,), "dedup": (dict,), "decontaminate": (dict,),
     "share": (int, float), "fetch": (dict,), "filter": (dict,), "tokens": (int, float, str),
+    "tokenization": (str,),
 }
 
 
@@ -201,8 +206,12 @@ def _check_source(where: str, s: dict[str, Any]) -> SourceSpec:
         raise SpecError(f"{where}: field 'uri' must not be empty")
     sample = s.get("sample", 1.0)
     _check_number(where, "sample", sample, 0)
-    if s.get("format", "text") not in FORMATS:
-        raise SpecError(f"{where}: field 'format' must be one of {list(FORMATS)}, got {s['format']!r}")
+    if s.get("format", "text") not in FORMATS + EXTRA_FORMATS:
+        raise SpecError(f"{where}: field 'format' must be one of {list(FORMATS + EXTRA_FORMATS)}, got {s['format']!r}")
+    if s.get("format") in EXTRA_FORMATS:
+        from pipelines.extra_formats import validate_source_options
+
+        validate_source_options(where, s["format"], s.get("options") or {})
     for key in ("text_key", "id_key"):
         if key in s and not s[key]:
             raise SpecError(f"{where}: field '{key}' must not be empty")
@@ -218,6 +227,8 @@ def parse_spec(raw: Any, path: str = "<spec>") -> MixtureSpec:
         raise SpecError(f"{path}: field 'packing.mode' must be a string, got {data['packing']['mode']!r}")
     if not isinstance(data.get("packing", {}).get("loss_mask", False), bool):
         raise SpecError(f"{path}: field 'packing.loss_mask' must be true or false, got {data['packing']['loss_mask']!r}")
+    if data.get("tokenization", "default") not in TOKENIZATIONS:
+        raise SpecError(f"{path}: field 'tokenization' must be one of {list(TOKENIZATIONS)}, got {data['tokenization']!r}")
     if data["seq_len"] <= 0:
         raise SpecError(f"{path}: field 'seq_len' must be positive, got {data['seq_len']}")
     if not data["tokenizer"].strip():
