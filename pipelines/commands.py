@@ -1,6 +1,8 @@
 """CLI commands of the corpus builder: mixtures, show, build-mixture, verify."""
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -53,7 +55,9 @@ def print_summary(out: Path) -> None:
         "SELECT count(*), coalesce(sum(n_rows), 0), coalesce(sum(n_pad), 0), (SELECT seq_len FROM build) FROM shards"
     ).fetchone()
     console.print(f"{n_shards} shard(s), {n_rows:,} rows × {seq_len:,} tokens, {n_pad:,} padding tokens → {out}")
-    if con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'padding'").fetchone()[0]:
+    # rows padded by design (long / sft / sft-4k / mds-rows): padding per source; concat pads only the last row
+    mode = json.loads(con.execute("SELECT packing FROM build").fetchone()[0] or "{}").get("mode", "concat")
+    if mode != "concat":
         for source, n_pad_s, frac in con.execute("SELECT source, n_pad, pad_fraction FROM padding").fetchall():
             console.print(f"  padding {source}: {n_pad_s:,} tokens ({(frac or 0) * 100:.1f}% of its rows)")
     con.close()
