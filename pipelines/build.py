@@ -22,15 +22,18 @@ from datatrove.pipeline.base import PipelineStep
 
 from pipelines.errors import OptionError, SpecError
 from pipelines.executors import EXECUTOR_KINDS, ExecutorOptions
+from pipelines.extra_formats import task_options
 from pipelines.finalize import stage_b_stages
 from pipelines.input_state import input_changes, record_inputs, stage_a_code_version
 from pipelines.outlock import check_out_dir, out_lock
+from pipelines.remap import SourceMap
+from pipelines.rowsteps import task_fetch, task_filter
 from pipelines.shards.format import token_dtype
 from pipelines.sources import HF_PREFIX, resolve_source
 from pipelines.spec import MixtureSpec
 from pipelines.stages import Stage
 from pipelines.steps import (
-    FileTask, ReadSourceFile, SampleByIdHash, Tokenize, WriteIntermediate,
+    FileTask, ReadSourceFile, SampleByIdHash, WriteIntermediate,
 )
 
 
@@ -38,6 +41,7 @@ from pipelines.steps import (
 class BuildOptions:
     out: str
     source_root: str | None = None
+    source_map: tuple[str, ...] = ()  # PREFIX=DIR items (pipelines/remap.py); source_root is hf://datasets/=DIR
     seed: int | None = None  # default: the spec's seed
     max_tokens: int | None = None
     workers: int = 1
@@ -135,19 +139,22 @@ def prepare(spec: MixtureSpec, opts: BuildOptions) -> BuildContext:
     tasks: list[FileTask] = []
     sources: list[dict] = []
     read_by: dict[str, str] = {}  # opened path -> source: a file feeds one source only (ids, files.n_records)
+    source_map = SourceMap.parse(opts.source_map, opts.source_root)
     for s in spec.sources:
-        resolved = resolve_source(s.uri, opts.source_root)
+        resolved = resolve_source(source_map.apply(s.uri), opts.source_root)
         condition = "ok" if resolved.files else ("optional-missing" if s.optional else "no-files")
         sources.append({"source": s.name, "uri": s.uri, "resolved": resolved.resolved, "sample": s.sample,
-                        "n_files": len(resolved.files), "condition": condition})
+                        "n_files": len(resolved.files), "condition": condition, "planned_share": s.share})
         for f, rel, ident in zip(resolved.files, resolved.relative, resolved.identities):
             if f in read_by:
                 raise SpecError(f"{spec.path}: sources '{read_by[f]}' and '{s.name}' both match {f}; a file may feed "
                                 "one source only (narrow one uri, or use `sample` to weight it)")
             read_by[f] = s.name
-            tasks.append(FileTask(source=s.name, path=f, display=_display_uri(f, opts.source_root), fmt=s.format,
+            tasks.append(FileTask(source=s.name, path=f,
+                                  display=source_map.canonical(f) or _display_uri(f, opts.source_root), fmt=s.format,
                                   text_key=s.text_key, id_key=s.id_key, sample=s.sample, relative=rel,
-                                  identity=ident))
+                                  identity=ident, fetch=task_fetch(s, source_map), filter=task_filter(s),
+                                  options=task_options(spec, s, tokenizer_path)))
 
     with_mask = bool(spec.packing.get("loss_mask", False))
     stage_a = {
@@ -156,6 +163,7 @@ def prepare(spec: MixtureSpec, opts: BuildOptions) -> BuildContext:
         # 3: EOS/pad strings tokenized as text, and uint16 intermediates when the vocabulary fits
         "with_mask": with_mask, "pad": pad_id, "format_version": 3,
         "code": stage_a_code_version(),
+        **({"tokenization": spec.tokenization} if spec.tokenization != "default" else {}),
     }  # tasks carry each file's identity (size/mtime/ETag): an input changed in place gets a fresh work dir
     stage_a_hash = hashlib.sha256(json.dumps(stage_a, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return BuildContext(
@@ -179,8 +187,15 @@ def stage_a_pipeline(ctx: BuildContext) -> list[PipelineStep]:
         from pipelines.dedup import DedupConfig, DedupSignatureStep
 
         steps.append(DedupSignatureStep(DedupConfig.from_spec(ctx.spec.dedup)))
+    if any(s.format == "chat" for s in ctx.spec.sources):
+        from pipelines.sft_chat import ChatTemplateTokenize
+
+        steps.append(ChatTemplateTokenize(ctx.tokenizer_path, ctx.eos_id, ctx.spec.seq_len))
+    from pipelines.tokenize_modes import tokenize_step
+
     steps += [
-        Tokenize(ctx.tokenizer_path, ctx.eos_id, with_offsets=ctx.with_mask, pad_id=ctx.pad_id),
+        tokenize_step(ctx.spec.tokenization, ctx.tokenizer_path, ctx.eos_id, with_offsets=ctx.with_mask,
+                      pad_id=ctx.pad_id),
         WriteIntermediate(os.path.join(ctx.work_dir, "docs"), ctx.tasks, with_mask=ctx.with_mask,
                           token_dtype=token_dtype(ctx.vocab_size).name),
     ]

@@ -1,6 +1,8 @@
 """CLI commands of the corpus builder: mixtures, show, build-mixture, verify."""
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -53,6 +55,11 @@ def print_summary(out: Path) -> None:
         "SELECT count(*), coalesce(sum(n_rows), 0), coalesce(sum(n_pad), 0), (SELECT seq_len FROM build) FROM shards"
     ).fetchone()
     console.print(f"{n_shards} shard(s), {n_rows:,} rows × {seq_len:,} tokens, {n_pad:,} padding tokens → {out}")
+    # rows padded by design (long / sft / sft-4k / mds-rows): padding per source; concat pads only the last row
+    mode = json.loads(con.execute("SELECT packing FROM build").fetchone()[0] or "{}").get("mode", "concat")
+    if mode != "concat":
+        for source, n_pad_s, frac in con.execute("SELECT source, n_pad, pad_fraction FROM padding").fetchall():
+            console.print(f"  padding {source}: {n_pad_s:,} tokens ({(frac or 0) * 100:.1f}% of its rows)")
     con.close()
 
 
@@ -75,12 +82,22 @@ def print_plan(plan, out: Path) -> None:
     t.add_column("sample", justify="right")
     t.add_column("records (est.)", justify="right", footer=f"{plan.est_records:,}")
     t.add_column("tokens (est.)", justify="right", footer=f"{plan.est_tokens:,}")
+    target = plan.extra.get("target_tokens")
+    if target:  # spec `tokens:` + per-source `share:` -> the sampling rate each source needs
+        t.add_column("share", justify="right")
+        t.add_column("rate needed", justify="right")
     t.add_column("note")
     for s in plan.sources:
+        targets = (("" if s.share is None else f"{s.share:g}",
+                    "?" if s.share is not None and s.rate_needed is None else
+                    "" if s.rate_needed is None else f"{s.rate_needed:.4g}"),) if target else ()
         t.add_row(s.source, f"{s.n_files:,}", _size(s.bytes), f"{s.sample:g}",
                   "?" if s.est_records is None else f"{s.est_records:,}",
-                  "?" if s.est_tokens is None else f"{s.est_tokens:,}", s.note)
+                  "?" if s.est_tokens is None else f"{s.est_tokens:,}", *(targets[0] if targets else ()), s.note)
     console.print(t)
+    if target:
+        console.print(f"target: {target:,.0f} tokens; rate needed = share × target / tokens at sample 1 "
+                      "(> 1 repeats the source)")
     st = Table(title="stages")
     for col in ("stage", "kind", "tasks", "memory / task", "disk", "what"):
         st.add_column(col, justify="right" if col in ("tasks", "memory / task", "disk") else "left")
@@ -119,7 +136,10 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     @app.command("show")
     def show_cmd(name: Annotated[str, typer.Argument(help="Mixture name (see `mixtures`) or path to a spec YAML.")],
                  source_root: Annotated[Optional[str], typer.Option(
-                     help="Also list how many files each source matches under this root (hf:// mapped here).")] = None) -> None:
+                     help="Also list how many files each source matches under this root (hf:// mapped here).")] = None,
+                 source_map: Annotated[Optional[list[str]], typer.Option(
+                     help="PREFIX=DIR (repeatable): also list the files each source matches with URIs starting with "
+                          "PREFIX read from DIR.")] = None) -> None:
         """Show a mixture spec: its sources, sampling rates and formats."""
         from pipelines.sources import resolve_source
         from pipelines.spec import SpecError, load_spec
@@ -133,11 +153,18 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         console.print(f"[bold]{s.name}[/] — {s.description}\nseq_len {s.seq_len:,} · tokenizer {s.tokenizer} · "
                       f"rope_theta {s.rope_theta:,.0f} · seed {s.seed} · packing {s.packing}")
         t = Table()
-        for col in ("source", "uri", "sample", "format", "optional") + (("files",) if source_root else ()):
+        from pipelines.remap import SourceMap, SourceMapError
+
+        try:
+            smap = SourceMap.parse(source_map or [], source_root)
+        except SourceMapError as e:
+            _fail(str(e))
+        for col in ("source", "uri", "sample", "share", "format", "optional") + (("files",) if smap else ()):
             t.add_column(col)
         for src in s.sources:
-            extra = (str(len(resolve_source(src.uri, source_root).files)),) if source_root else ()
-            t.add_row(src.name, src.uri, f"{src.sample:g}", src.format, "yes" if src.optional else "", *extra)
+            extra = (str(len(resolve_source(smap.apply(src.uri)).files)),) if smap else ()
+            t.add_row(src.name, src.uri, f"{src.sample:g}", "" if src.share is None else f"{src.share:g}", src.format,
+                      "yes" if src.optional else "", *extra)
         console.print(t)
         for key in ("dedup", "decontaminate"):
             if getattr(s, key) is not None:
@@ -149,7 +176,12 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         out: Annotated[Optional[Path], typer.Option(
             help="Output directory (default: out/<name>). One build at a time: a second build into it exits at once.")] = None,
         source_root: Annotated[Optional[str], typer.Option(
-            help="Map hf://datasets/<owner>/<repo>/<path> to DIR/<owner>/<repo>/<path> (e.g. ../shared/data/hub).")] = None,
+            help="Map hf://datasets/<owner>/<repo>/<path> to DIR/<owner>/<repo>/<path> (e.g. ../shared/data/hub); "
+                 "the shortcut for --source-map hf://datasets/=DIR.")] = None,
+        source_map: Annotated[Optional[list[str]], typer.Option(
+            help="PREFIX=DIR: read URIs starting with PREFIX (any scheme: hf://, s3://, https://) from DIR instead, "
+                 "e.g. s3://softwareheritage/=/data/swh for python-edu's blobs; repeatable, longest prefix wins. "
+                 "The manifest still records the canonical URIs.")] = None,
         seed: Annotated[Optional[int], typer.Option(help="Sampling/shuffling seed (default: the spec's seed).")] = None,
         max_tokens: Annotated[Optional[int], typer.Option(
             help="Stop filling rows after this many tokens (whole documents; the rest are dropped as max-tokens).")] = None,
@@ -186,9 +218,15 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         except InputError as e:
             _fail(str(e))
         out = out or Path("out") / spec.name
-        opts = BuildOptions(out=str(out), source_root=source_root, seed=seed, max_tokens=max_tokens, workers=workers,
-                            executor=executor, executor_options=opts_kv, strict=strict,
-                            exclude=tuple(str(p) for p in exclude or ()), progress=progress)
+        from pipelines.remap import SourceMap, SourceMapError
+
+        try:
+            SourceMap.parse(source_map or [], source_root)
+        except SourceMapError as e:
+            _fail(str(e))
+        opts = BuildOptions(out=str(out), source_root=source_root, source_map=tuple(source_map or ()), seed=seed,
+                            max_tokens=max_tokens, workers=workers, executor=executor, executor_options=opts_kv,
+                            strict=strict, exclude=tuple(str(p) for p in exclude or ()), progress=progress)
         if dry_run:
             from pipelines.build import dry_run as plan_only
 

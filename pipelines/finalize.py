@@ -132,6 +132,7 @@ ITEM_SCHEMA = pa.schema([
     ("offset", pa.int64()),      # first token of the document in its task's tokens file
     ("source", pa.int32()),      # index into ctx.sources
     ("doc_id", pa.string()),
+    ("line", pa.int64()),        # line / row / sample in its input file (mds-rows keeps an MDS sample's documents together)
 ])
 
 # Per-task documents part: the manifest's `documents` columns before packing outcomes and survivor ids are joined.
@@ -226,16 +227,18 @@ class ApplyDecisions(PipelineStep):
         source = np.array([self.source_index[s] for s in src_names], dtype=np.int32)
         ids = doc_id[kept]
         copies = n_copies[kept].astype(np.int64)
+        line = docs["line"].to_numpy(zero_copy_only=False)[kept].astype(np.int64)
         if not self.layout.concat:  # long / sft packers take one row per document
             cols = {"sort_key": keys[kept].astype(np.uint64), "key": keys[kept], "copy": np.full(len(kept), -1),
-                    "n_copies": copies, "n_tokens": n_tok, "offset": offset, "source": source, "doc_id": ids}
+                    "n_copies": copies, "n_tokens": n_tok, "offset": offset, "source": source, "doc_id": ids,
+                    "line": line}
             return pa.table(cols, schema=ITEM_SCHEMA)
         rep = np.repeat(np.arange(len(kept)), copies)
         copy = np.arange(len(rep)) - np.repeat(np.cumsum(copies) - copies, copies)
         k = keys[kept][rep]
         sk = sort_keys(self.seed, k, copy) if self.shuffle else k.astype(np.uint64)
         cols = {"sort_key": sk, "key": k, "copy": copy, "n_copies": copies[rep], "n_tokens": n_tok[rep],
-                "offset": offset[rep], "source": source[rep], "doc_id": ids[rep]}
+                "offset": offset[rep], "source": source[rep], "doc_id": ids[rep], "line": line[rep]}
         table = pa.table(cols, schema=ITEM_SCHEMA)
         return table.sort_by([("sort_key", "ascending"), ("key", "ascending"), ("copy", "ascending")])
 

@@ -25,7 +25,7 @@ import gzip
 import io
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ import fsspec.compression
 import fsspec.utils
 
 from pipelines.errors import SourceFileError
+from pipelines.renderers import RENDERERS
 
 try:  # orjson parses Dolma lines ~3x faster than json; optional, same results
     import orjson
@@ -50,6 +51,11 @@ try:
     _STREAM_ERRORS: tuple[type[Exception], ...] = (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError)
 except ImportError:  # pragma: no cover
     _STREAM_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+
+
+# A row step (pipelines/rowsteps.py) sees parsed rows in batches before they become Records: it may add fields (text
+# fetched from elsewhere) or return a Record for a row it turns into a counted skip (filtered-out, blob-missing).
+RowTransform = Callable[[list[Any]], list[Any]]
 
 
 @dataclass(slots=True)
@@ -126,6 +132,12 @@ def to_text(rec: dict, fmt: str, text_key: str) -> tuple[str | None, str | None,
         if not isinstance(q, str) or not isinstance(a, str):
             return None, "non-string-text", []
         text, spans = _render_turns([("user", q), ("assistant", a)])
+        return text, None, spans
+    if fmt in RENDERERS:  # dataset-specific schemas rendered as turns (pipelines/renderers.py)
+        turns = RENDERERS[fmt](rec)
+        if isinstance(turns, str):
+            return None, turns, []
+        text, spans = _render_turns(turns)
         return text, None, spans
     raise ValueError(f"unknown format {fmt!r}")
 
@@ -223,7 +235,19 @@ def split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield b"".join(parts)
 
 
-def _iter_jsonl(chunks: Iterator[bytes], fmt: str, text_key: str, id_key: str) -> Iterator[Record]:
+def _transformed(enrich: RowTransform | None, rows: list[Any], line: int, fmt: str, text_key: str,
+                 id_key: str) -> Iterator[Record]:
+    """Records of consecutive rows starting at `line`, after the row step (if any)."""
+    for i, rec in enumerate(enrich(rows) if enrich else rows):
+        if isinstance(rec, Record):
+            rec.line = line + i
+            yield rec
+        else:
+            yield _make_record(rec, line + i, fmt, text_key, id_key)
+
+
+def _iter_jsonl(chunks: Iterator[bytes], fmt: str, text_key: str, id_key: str,
+                enrich: RowTransform | None = None) -> Iterator[Record]:
     line_no = 0
     try:
         for raw in split_lines(chunks):
@@ -243,12 +267,16 @@ def _iter_jsonl(chunks: Iterator[bytes], fmt: str, text_key: str, id_key: str) -
                 reason = "invalid-unicode" if "surrogate" in str(e) else "malformed-json"
                 yield Record(line_no, None, None, reason, str(e)[:200])
                 continue
+            if enrich is not None:
+                yield from _transformed(enrich, [rec], line_no, fmt, text_key, id_key)
+                continue
             yield _make_record(rec, line_no, fmt, text_key, id_key)
     except _STREAM_ERRORS as e:
         yield Record(line_no + 1, None, None, "truncated-stream", f"{type(e).__name__}: {e}"[:200])
 
 
-def _iter_json_array(path: str, data: bytes, fmt: str, text_key: str, id_key: str) -> Iterator[Record]:
+def _iter_json_array(path: str, data: bytes, fmt: str, text_key: str, id_key: str,
+                     enrich: RowTransform | None = None) -> Iterator[Record]:
     try:
         items = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -257,11 +285,11 @@ def _iter_json_array(path: str, data: bytes, fmt: str, text_key: str, id_key: st
         raise SourceFileError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
     if not isinstance(items, list):
         raise SourceFileError(f"{path}: expected a JSON array of records, got {type(items).__name__}")
-    for i, rec in enumerate(items, start=1):
-        yield _make_record(rec, i, fmt, text_key, id_key)
+    yield from _transformed(enrich, items, 1, fmt, text_key, id_key)
 
 
-def _iter_parquet(path: str, fmt: str, text_key: str, id_key: str) -> Iterator[Record]:
+def _iter_parquet(path: str, fmt: str, text_key: str, id_key: str,
+                  enrich: RowTransform | None = None) -> Iterator[Record]:
     import pyarrow.parquet as pq
 
     try:
@@ -269,9 +297,9 @@ def _iter_parquet(path: str, fmt: str, text_key: str, id_key: str) -> Iterator[R
             pf = pq.ParquetFile(f)
             row = 0
             for batch in pf.iter_batches(batch_size=1024):
-                for rec in batch.to_pylist():
-                    row += 1
-                    yield _make_record(rec, row, fmt, text_key, id_key)
+                rows = batch.to_pylist()
+                yield from _transformed(enrich, rows, row + 1, fmt, text_key, id_key)
+                row += len(rows)
     except (OSError, ValueError) as e:
         if isinstance(e, SourceFileError):
             raise
@@ -306,17 +334,19 @@ def _decompressed(path: str, raw):
     return fsspec.compression.compr[codec](raw, mode="rb") if codec else raw
 
 
-def iter_records(path: str, fmt: str = "text", text_key: str = "text", id_key: str = "id") -> Iterator[Record]:
-    """Yield one Record per input record of `path` (see the module docstring for the policy)."""
+def iter_records(path: str, fmt: str = "text", text_key: str = "text", id_key: str = "id",
+                 enrich: RowTransform | None = None) -> Iterator[Record]:
+    """Yield one Record per input record of `path` (see the module docstring for the policy); `enrich` is the
+    source's row step, if any."""
     kind = container_of(path)
     if kind == "parquet":
-        yield from _iter_parquet(path, fmt, text_key, id_key)
+        yield from _iter_parquet(path, fmt, text_key, id_key, enrich)
         return
     try:
         with fsspec.open(path, "rb") as raw:
             _check_compression(path, raw)
             if path.lower().endswith(".zst"):
-                yield from _iter_jsonl(_zstd_chunks(raw), fmt, text_key, id_key)
+                yield from _iter_jsonl(_zstd_chunks(raw), fmt, text_key, id_key, enrich)
                 return
             stream = _decompressed(path, raw)
             if kind == "json":
@@ -324,9 +354,9 @@ def iter_records(path: str, fmt: str = "text", text_key: str = "text", id_key: s
                 if data.startswith(UTF8_BOM):
                     data = data[len(UTF8_BOM):]
                 if data.lstrip()[:1] == b"[":
-                    yield from _iter_json_array(path, data, fmt, text_key, id_key)
+                    yield from _iter_json_array(path, data, fmt, text_key, id_key, enrich)
                     return
                 stream = io.BytesIO(data)
-            yield from _iter_jsonl(_chunks(stream), fmt, text_key, id_key)
+            yield from _iter_jsonl(_chunks(stream), fmt, text_key, id_key, enrich)
     except OSError as e:  # unreadable before any record (missing, permission, corrupt container header)
         raise SourceFileError(f"{path}: cannot read: {type(e).__name__}: {e}") from e

@@ -22,7 +22,9 @@ INPUTS_FILE = "inputs.json"
 # Modules whose code decides stage A's output. Every `pipelines.*` module they import at module level is followed
 # too; a module imported only inside a function must be listed here.
 STAGE_A_MODULES = ("pipelines.formats", "pipelines.sources", "pipelines.steps", "pipelines.dedup",
-                   "pipelines.decontam")
+                   "pipelines.decontam", "pipelines.renderers", "pipelines.rowsteps", "pipelines.fetch",
+                   "pipelines.extra_formats", "pipelines.read_mds", "pipelines.mds", "pipelines.sft_chat",
+                   "pipelines.tokenize_modes")
 
 
 def _pipelines_deps(mod: ModuleType) -> set[str]:

@@ -206,13 +206,15 @@ class WriteManifest(PipelineStep):
                    coalesce(p.n_kept, 0)::BIGINT AS n_kept, coalesce(p.n_dropped, 0)::BIGINT AS n_dropped, t.bytes
             FROM tasks_in t LEFT JOIN per_task p USING (task) ORDER BY t.task""")
         con.register("sources_in", pa.Table.from_pylist(
-            [{k: s[k] for k in ("source", "uri", "resolved", "sample", "n_files", "condition")} for s in ctx.sources],
+            [{k: s[k] for k in ("source", "uri", "resolved", "sample", "n_files", "condition", "planned_share")}
+             for s in ctx.sources],
             schema=pa.schema([("source", pa.string()), ("uri", pa.string()), ("resolved", pa.string()),
-                              ("sample", pa.float64()), ("n_files", pa.int64()), ("condition", pa.string())])))
+                              ("sample", pa.float64()), ("n_files", pa.int64()), ("condition", pa.string()),
+                              ("planned_share", pa.float64())])))
         con.execute("""
             CREATE TABLE sources AS
             SELECT s.source, s.uri, s.resolved, s.sample, s.n_files, coalesce(n.n_docs, 0)::BIGINT AS n_docs,
-                   s.condition
+                   s.condition, s.planned_share
             FROM sources_in s LEFT JOIN (SELECT source, count(*) AS n_docs FROM documents GROUP BY source) n
               USING (source)""")
         con.register("build_in", pa.Table.from_pylist([self._build_row()], schema=TABLES["build"]))
@@ -237,5 +239,6 @@ class WriteManifest(PipelineStep):
             "source_root": ctx.opts.source_root, "exclude": json.dumps(list(ctx.opts.exclude)),
             "packing": json.dumps(ctx.spec.packing), "has_loss_mask": ctx.with_mask,
             "format_version": FORMAT_VERSION,
+            "target_tokens": ctx.spec.tokens, "source_map": json.dumps(list(ctx.opts.source_map)),
         }
 

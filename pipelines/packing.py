@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class PackInput:
-    docs: pl.DataFrame  # kept docs: key, doc_id, source, n_tokens, n_copies (+ any intermediate column)
+    docs: pl.DataFrame  # kept docs: key, doc_id, source, file, line, n_tokens, n_copies (lengths, no tokens)
     seq_len: int
     seed: int
     max_tokens: int | None
@@ -64,14 +64,27 @@ def register_packer(name: str):
     return deco
 
 
+# packers living in their own modules, registered here by name (imported on first use)
+EXPLICIT_PACKERS: dict[str, tuple[str, str]] = {
+    "sft-4k": ("pipelines.sft_packing", "pack_sft_rows"),  # Instella-3B-SFT: one conversation per row
+    "mds-rows": ("pipelines.mds_packing", "pack_mds_rows"),  # pre-packed MDS rows kept as they were
+}
+
+
 def get_packer(mode: str) -> Callable[[PackInput], PackResult]:
     """The whole-build packer of a mode other than `concat` (which runs partitioned, see `pack_stages`)."""
     if mode in ("long", "sft"):
         from pipelines.longctx.packing import pack_long, pack_sft
 
         return {"long": pack_long, "sft": pack_sft}[mode]
+    if mode in EXPLICIT_PACKERS:
+        import importlib
+
+        module, fn = EXPLICIT_PACKERS[mode]
+        return getattr(importlib.import_module(module), fn)
     if mode not in PACKERS:
-        raise ValueError(f"unknown packing mode {mode!r}; available: {sorted({'concat', 'long', 'sft', *PACKERS})}")
+        raise ValueError(f"unknown packing mode {mode!r}; available: "
+                         f"{sorted({'concat', 'long', 'sft', *EXPLICIT_PACKERS, *PACKERS})}")
     return PACKERS[mode]
 
 
@@ -244,12 +257,16 @@ class GlobalPack(PipelineStep):
         self.options = ctx.spec.packing
         self.source_options = {s.name: s for s in ctx.spec.sources}
         self.source_names = [s["source"] for s in ctx.sources]
+        self.task_files = [t.display for t in ctx.tasks]  # key >> 32 is the stage-A task (input file)
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         items = read_items(self.lay).sort_by("key")
         names = pa.array(self.source_names, pa.string())
-        docs = pl.from_arrow(items.select(["key", "doc_id", "n_tokens", "n_copies"]).append_column(
-            "source", names.take(items["source"]) if items.num_rows else pa.array([], pa.string())))
+        files = pa.array(self.task_files, pa.string())
+        task = pc.shift_right(items["key"], 32)
+        docs = pl.from_arrow(items.select(["key", "doc_id", "n_tokens", "n_copies", "line"]).append_column(
+            "source", names.take(items["source"]) if items.num_rows else pa.array([], pa.string())).append_column(
+            "file", files.take(task) if items.num_rows else pa.array([], pa.string())))
         result = get_packer(self.mode)(PackInput(docs=docs, seq_len=self.seq_len, seed=self.seed,
                                                  max_tokens=self.max_tokens, options=self.options,
                                                  source_options=self.source_options))

@@ -13,12 +13,15 @@ from dataclasses import dataclass, field
 
 import fsspec
 
-from pipelines.formats import container_of, to_text
+from pipelines.formats import Record, RowTransform, container_of, to_text
+from pipelines.rowsteps import row_transform
 from pipelines.stages import Stage
+from pipelines.targets import required_rate
 
 SAMPLE_FILES = 3
 SAMPLE_BYTES = 4 << 20
 SAMPLE_RECORDS = 2000
+FETCH_SAMPLE_RECORDS = 64  # rows of a source with a `fetch:` step sampled (their text is fetched one request each)
 # stage-A intermediates: one parquet row per input record (ids, file, counts, dedup signatures)
 DOC_ROW_BYTES = 200
 # a per-file task holds one batch of documents plus the tokenizer and, with decontamination, the n-gram index
@@ -34,6 +37,8 @@ class SourceEstimate:
     est_records: int | None = None  # records in all files (before sampling)
     est_tokens: int | None = None  # tokens written (after sampling), EOS included
     note: str = ""
+    share: float | None = None  # planned share of the spec's `tokens:`
+    rate_needed: float | None = None  # the `sample:` that would make share × tokens (pipelines/targets.py)
 
 
 @dataclass
@@ -73,8 +78,18 @@ def _decompress_prefix(path: str, data: bytes) -> bytes:
     return data
 
 
-def _sample_texts(path: str, fmt: str, text_key: str) -> tuple[list[str], int, int]:
-    """(texts of complete records in the sampled prefix, records in that prefix, stored bytes that prefix spans)."""
+def _sample_texts(path: str, fmt: str, text_key: str, step: RowTransform | None = None,
+                  limit: int = SAMPLE_RECORDS) -> tuple[list[str], int, int]:
+    """(texts of complete records in the sampled prefix, records in that prefix, stored bytes that prefix spans);
+    `step` is the source's row steps (filter, fetch): a row they turn into a skip counts as a record without text."""
+    def render_all(recs: list) -> list[str]:
+        out = []
+        for rec in (step(recs) if step else recs):
+            t = None if isinstance(rec, Record) else to_text(rec, fmt, text_key)[0]
+            if t:
+                out.append(t)
+        return out
+
     fs, p = fsspec.core.url_to_fs(path)
     if container_of(path) == "parquet":
         import pyarrow.parquet as pq
@@ -85,8 +100,8 @@ def _sample_texts(path: str, fmt: str, text_key: str) -> tuple[list[str], int, i
             if n_rows == 0:
                 return [], 0, 0
             table = pf.read_row_group(0)
-        rows = table.slice(0, SAMPLE_RECORDS).to_pylist()
-        texts = [t for t in (to_text(r, fmt, text_key)[0] for r in rows) if t]
+        rows = table.slice(0, limit).to_pylist()
+        texts = render_all(rows)
         # scale: the sampled rows stand for their share of the file's bytes
         return texts, len(rows), int(fs.size(p) * len(rows) / n_rows)
     with fs.open(p, "rb") as f:
@@ -101,22 +116,24 @@ def _sample_texts(path: str, fmt: str, text_key: str) -> tuple[list[str], int, i
             items = json.loads(data) if whole else []
         except ValueError:
             items = []
-        texts = [t for t in (to_text(r, fmt, text_key)[0] for r in items[:SAMPLE_RECORDS]) if t]
+        texts = render_all([r for r in items[:limit] if isinstance(r, dict)])
         return texts, len(items), len(raw) if items else 0
     lines = [ln for ln in data.splitlines() if ln.strip()]
-    texts = []
-    for ln in lines[:SAMPLE_RECORDS]:
+    recs = []
+    for ln in lines[:limit]:
         try:
-            t = to_text(json.loads(ln), fmt, text_key)[0]
-        except (ValueError, TypeError, AttributeError):
+            rec = json.loads(ln)
+        except ValueError:
             continue
-        if t:
-            texts.append(t)
+        if isinstance(rec, dict):
+            recs.append(rec)
+    texts = render_all(recs)
     # the sampled records stand for their share of the prefix's stored bytes
     return texts, len(lines), len(raw)
 
 
-def estimate_source(name: str, files: list[str], fmt: str, text_key: str, sample: float, tokenizer) -> SourceEstimate:
+def estimate_source(name: str, files: list[str], fmt: str, text_key: str, sample: float, tokenizer,
+                    step: RowTransform | None = None, limit: int = SAMPLE_RECORDS) -> SourceEstimate:
     sizes = []
     for f in files:
         fs, p = fsspec.core.url_to_fs(f)
@@ -125,18 +142,23 @@ def estimate_source(name: str, files: list[str], fmt: str, text_key: str, sample
     if not files:
         est.note = "no files"
         return est
+    if fmt in ("mds", "chat"):  # read by pipelines/extra_formats.py, not sampled here
+        est.note = f"no estimate for format {fmt}"
+        return est
     tok_total = rec_total = byte_total = 0
     for f in files[:SAMPLE_FILES]:
         try:
-            texts, n_records, n_bytes = _sample_texts(f, fmt, text_key)
+            texts, n_records, n_bytes = _sample_texts(f, fmt, text_key, step, limit)
         except Exception as e:  # an estimate must never stop the dry-run; the build reports bad files properly
             est.note = f"could not sample {f}: {type(e).__name__}"
             continue
-        if not texts or not n_bytes:
+        if not n_bytes or (not texts and step is None):
             continue
-        encs = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        per_record = (sum(len(e.ids) for e in encs) + len(encs)) / len(texts)  # + EOS
-        tok_total += per_record * n_records
+        if texts:
+            encs = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+            per_record = (sum(len(e.ids) for e in encs) + len(encs)) / len(texts)  # + EOS
+            # with row steps, only the rows they keep (and fetch) make tokens
+            tok_total += per_record * (n_records if step is None else len(texts))
         rec_total += n_records
         byte_total += n_bytes
     if byte_total:
@@ -162,13 +184,21 @@ def plan_build(ctx, stages: list[Stage]) -> BuildPlan:
     tok = Tokenizer.from_file(ctx.tokenizer_path)
     token_bytes = 2 if ctx.vocab_size <= 65536 else 4
     by_source: dict[str, list[str]] = {}
+    steps: dict[str, RowTransform | None] = {}
     for t in ctx.tasks:
         by_source.setdefault(t.source, []).append(t.path)
+        steps[t.source] = row_transform(t.filter, t.fetch, t.text_key, t.id_key)
     sources = []
     for s in ctx.spec.sources:
-        sources.append(estimate_source(s.name, by_source.get(s.name, []), s.format, s.text_key, s.sample, tok))
+        # a fetch source's sample costs one request per row: a few rows only
+        limit = FETCH_SAMPLE_RECORDS if s.fetch else SAMPLE_RECORDS
+        est = estimate_source(s.name, by_source.get(s.name, []), s.format, s.text_key, s.sample, tok,
+                              steps.get(s.name), limit)
+        est.share = s.share
+        est.rate_needed = required_rate(s.share, ctx.spec.tokens, est.est_tokens, s.sample)
+        sources.append(est)
     n_records = sum(s.est_records or 0 for s in sources)
     n_tokens = sum(s.est_tokens or 0 for s in sources)
-    plan = BuildPlan(sources=sources, stages=[], token_bytes=token_bytes)
+    plan = BuildPlan(sources=sources, stages=[], token_bytes=token_bytes, extra={"target_tokens": ctx.spec.tokens})
     plan.stages = [estimate_stage(st, n_records, n_tokens, token_bytes) for st in stages]
     return plan

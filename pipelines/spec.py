@@ -14,13 +14,18 @@ from typing import Any
 import yaml
 
 from pipelines.errors import SpecError
+from pipelines.renderers import RENDERERS
+from pipelines.targets import check_mixture_targets, check_source_targets
 
 MIXTURES_DIR = Path(__file__).resolve().parents[1] / "mixtures"
 REPO_ROOT = MIXTURES_DIR.parent
 
 # How a record becomes text (see pipelines/formats.py); the container (jsonl/gz/zst/parquet/json array) is inferred
 # from the file name.
-FORMATS = ("text", "messages", "conversations", "question_answer")
+FORMATS = ("text", "messages", "conversations", "question_answer", *RENDERERS)
+# pre-tokenized MDS shards (pipelines/read_mds.py) and chat turns for the SFT template (pipelines/sft_chat.py)
+EXTRA_FORMATS = ("mds", "chat")
+TOKENIZATIONS = ("default", "dolma")  # spec key `tokenization` (pipelines/tokenize_modes.py)
 
 
 # Names become path components (default `out/<name>`, work dirs) and id prefixes: no separators, no `..`.
@@ -38,6 +43,9 @@ class SourceSpec:
     optional: bool = False  # an optional source with no files is reported, not an error condition
     packing: str | dict[str, Any] | None = None  # packer-specific role of this source (e.g. long / short), see pipelines/packing.py
     options: dict[str, Any] = field(default_factory=dict)  # free-form per-source settings for packers/adapters
+    share: float | None = None  # planned fraction of the stage's `tokens` (pipelines/targets.py)
+    fetch: dict[str, Any] | None = None  # text stored elsewhere, fetched by a row field (pipelines/fetch.py)
+    filter: dict[str, list] | None = None  # keep rows whose fields have these values (pipelines/rowsteps.py)
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,8 @@ class MixtureSpec:
     packing: dict[str, Any] = field(default_factory=lambda: {"mode": "concat"})
     dedup: dict[str, Any] | None = None
     decontaminate: dict[str, Any] | None = None
+    tokens: float | None = None  # target tokens of the stage (e.g. 58e9), with per-source `share:`
+    tokenization: str = "default"  # "dolma": dolma-tokens-compatible text handling (pipelines/tokenize_modes.py)
     path: str = ""  # where the spec was loaded from (not part of the hash)
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,6 +160,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "optional": (bool,), "packing": (str, dict), "options": (dict,), "seq_len": (int,), "tokenizer": (str,),
     "sources": (list,), "description": (str,), "eos_id": (int,), "pad_id": (int,), "rope_theta": (int, float),
     "seed": (int,), "shard_tokens": (int,), "dedup": (dict,), "decontaminate": (dict,),
+    "share": (int, float), "fetch": (dict,), "filter": (dict,), "tokens": (int, float, str),
+    "tokenization": (str,),
 }
 
 
@@ -167,8 +179,8 @@ def _validate_mapping(where: str, raw: Any, cls) -> dict[str, Any]:
     if missing:
         raise SpecError(f"{where}: missing required field(s) {missing}")
     for key, value in raw.items():
-        if value is None and key in ("dedup", "decontaminate", "eos_id", "pad_id") + (
-                ("packing",) if cls is SourceSpec else ()):
+        if value is None and key in ("dedup", "decontaminate", "eos_id", "pad_id", "share", "fetch", "filter",
+                                     "tokens") + (("packing",) if cls is SourceSpec else ()):
             continue
         _check_type(where, key, value, _TYPES[key])
     return dict(raw)
@@ -194,8 +206,12 @@ def _check_source(where: str, s: dict[str, Any]) -> SourceSpec:
         raise SpecError(f"{where}: field 'uri' must not be empty")
     sample = s.get("sample", 1.0)
     _check_number(where, "sample", sample, 0)
-    if s.get("format", "text") not in FORMATS:
-        raise SpecError(f"{where}: field 'format' must be one of {list(FORMATS)}, got {s['format']!r}")
+    if s.get("format", "text") not in FORMATS + EXTRA_FORMATS:
+        raise SpecError(f"{where}: field 'format' must be one of {list(FORMATS + EXTRA_FORMATS)}, got {s['format']!r}")
+    if s.get("format") in EXTRA_FORMATS:
+        from pipelines.extra_formats import validate_source_options
+
+        validate_source_options(where, s["format"], s.get("options") or {})
     for key in ("text_key", "id_key"):
         if key in s and not s[key]:
             raise SpecError(f"{where}: field '{key}' must not be empty")
@@ -211,6 +227,8 @@ def parse_spec(raw: Any, path: str = "<spec>") -> MixtureSpec:
         raise SpecError(f"{path}: field 'packing.mode' must be a string, got {data['packing']['mode']!r}")
     if not isinstance(data.get("packing", {}).get("loss_mask", False), bool):
         raise SpecError(f"{path}: field 'packing.loss_mask' must be true or false, got {data['packing']['loss_mask']!r}")
+    if data.get("tokenization", "default") not in TOKENIZATIONS:
+        raise SpecError(f"{path}: field 'tokenization' must be one of {list(TOKENIZATIONS)}, got {data['tokenization']!r}")
     if data["seq_len"] <= 0:
         raise SpecError(f"{path}: field 'seq_len' must be positive, got {data['seq_len']}")
     if not data["tokenizer"].strip():
@@ -233,8 +251,9 @@ def parse_spec(raw: Any, path: str = "<spec>") -> MixtureSpec:
         if s["name"] in seen:
             raise SpecError(f"{where}: duplicate source name '{s['name']}'")
         seen.add(s["name"])
-        sources.append(_check_source(where, s))
+        sources.append(_check_source(where, check_source_targets(where, s)))
     data["sources"] = tuple(sources)
+    data = check_mixture_targets(path, data)
     return MixtureSpec(**data, path=path)
 
 

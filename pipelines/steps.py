@@ -20,6 +20,8 @@ from datatrove.pipeline.base import PipelineStep
 from pipelines import _logging  # noqa: F401  (quiet datatrove console in every worker)
 from pipelines.errors import SourceFileError
 from pipelines.formats import iter_records
+from pipelines.rowsteps import SELECTED_OUT, row_transform
+from pipelines.spec import EXTRA_FORMATS
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class FileTask:
     sample: float
     relative: str = ""  # path relative to the source's root: unique within the source, so default ids never collide
     identity: str = ""  # size/mtime/ETag...: part of the stage-A cache key, so a file changed in place is re-read
+    fetch: dict | None = None  # text fetched from elsewhere by a key of the row (pipelines/fetch.py)
+    filter: dict | None = None  # keep only rows whose fields have these values (pipelines/rowsteps.py)
+    options: dict | None = None  # the source's `options`, for the readers of EXTRA_FORMATS (mds, chat)
 
     def default_id(self, line: int) -> str:
         """Id of a record without one: `<source>/<path relative to the source root>:<line>`, unique in a build
@@ -55,8 +60,15 @@ class ReadSourceFile(PipelineStep):
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         task = self.tasks[rank]
-        for rec in iter_records(task.path, task.fmt, task.text_key, task.id_key):
-            if rec.reason and self.strict:
+        if task.fmt in EXTRA_FORMATS:
+            from pipelines.extra_formats import read_extra
+
+            records = read_extra(task)
+        else:
+            rows = row_transform(task.filter, task.fetch, task.text_key, task.id_key)
+            records = iter_records(task.path, task.fmt, task.text_key, task.id_key, enrich=rows)
+        for rec in records:
+            if rec.reason and self.strict and rec.reason not in SELECTED_OUT:  # a filter's choice is no bad input
                 raise SourceFileError(f"{task.path}:{rec.line}: {rec.reason} ({rec.detail})")
             doc_id = rec.doc_id if rec.doc_id is not None else task.default_id(rec.line)
             meta = {
@@ -67,6 +79,7 @@ class ReadSourceFile(PipelineStep):
             }
             if rec.answer_spans:
                 meta["answer_spans"] = rec.answer_spans
+            meta.update(getattr(rec, "extra", None) or {})  # tokens / turns from pipelines.extra_formats readers
             self.stat_update("records")
             if rec.reason:
                 self.stat_update(f"dropped:{rec.reason}")
@@ -153,7 +166,8 @@ class Tokenize(PipelineStep):
         return self._tok
 
     def _flush(self, batch: list[Document]) -> None:
-        kept = [d for d in batch if d.metadata["status"] == "kept"]
+        # docs that arrive tokenized (pre-tokenized MDS, SFT chat template) keep their tokens
+        kept = [d for d in batch if d.metadata["status"] == "kept" and "tokens" not in d.metadata]
         if not kept:
             return
         texts = [d.text for d in kept]
@@ -240,7 +254,10 @@ class WriteIntermediate(PipelineStep):
                 if tokens is not None:
                     tok_f.write(tokens.astype(self.token_dtype, copy=False).tobytes())
                     if self.with_mask:
-                        mask_f.write(answer_mask(n, m.pop("offsets", []), m.get("answer_spans", [])).tobytes())
+                        mask = m.pop("mask", None)  # a step that builds its own loss mask (SFT chat template)
+                        if mask is None:
+                            mask = answer_mask(n, m.pop("offsets", []), m.get("answer_spans", []))
+                        mask_f.write(mask.tobytes())
                 for k, v in (("doc_id", doc.id), ("source", m["source"]), ("file", m["file"]), ("line", m["line"]),
                              ("n_chars", m["n_chars"]), ("n_tokens", n if tokens is not None else None),
                              ("status", m["status"]), ("reason", m["reason"]), ("detail", m.get("detail", "")),

@@ -86,6 +86,7 @@ TABLES: dict[str, pa.Schema] = {
     "sources": pa.schema([
         ("source", pa.string()), ("uri", pa.string()), ("resolved", pa.string()), ("sample", pa.float64()),
         ("n_files", pa.int64()), ("n_docs", pa.int64()), ("condition", pa.string()),
+        ("planned_share", pa.float64()),  # the spec's `share:` (null without one)
     ]),
     "files": pa.schema([
         ("source", pa.string()), ("file", pa.string()), ("n_records", pa.int64()), ("n_kept", pa.int64()),
@@ -99,6 +100,8 @@ TABLES: dict[str, pa.Schema] = {
         ("finished_at", pa.string()), ("seconds", pa.float64()), ("max_tokens", pa.int64()),
         ("executor", pa.string()), ("workers", pa.int64()), ("source_root", pa.string()), ("exclude", pa.string()),
         ("packing", pa.string()), ("has_loss_mask", pa.bool_()), ("format_version", pa.int64()),
+        ("target_tokens", pa.float64()),  # the spec's `tokens:` (null without one)
+        ("source_map", pa.string()),      # the --source-map items (JSON list)
     ]),
     "contamination": pa.schema([
         ("doc_id", pa.string()), ("benchmark", pa.string()), ("item_id", pa.string()), ("n_matches", pa.int64()),
@@ -139,8 +142,18 @@ SELECT source, sum(n_tokens)::BIGINT AS n_tokens, round(sum(n_pad))::BIGINT AS n
        sum(n_pad) / (sum(n_tokens) + sum(n_pad)) AS pad_fraction
 FROM shard_sources GROUP BY source ORDER BY source
 """,
+    # planned (spec `share:` of the spec's `tokens:`, pipelines/targets.py) vs achieved share of every source
+    "share_plan": """
+CREATE VIEW share_plan AS
+SELECT src.source, src.planned_share, c.share AS achieved_share,
+       src.planned_share * CAST((SELECT target_tokens FROM build) AS DOUBLE) AS planned_tokens,
+       c.n_tokens AS achieved_tokens
+FROM sources src JOIN composition c USING (source)
+ORDER BY src.source
+""",
 }
 VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
     "composition": ("source", "n_docs", "n_tokens", "share", "epochs"),
     "padding": ("source", "n_tokens", "n_pad", "pad_fraction"),
+    "share_plan": ("source", "planned_share", "achieved_share", "planned_tokens", "achieved_tokens"),
 }
