@@ -17,7 +17,6 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(PY) cli.py synth gsm8k --input $(SHARED)/gsm8k/train.jsonl --out out/synth/gsm8k --variants 1
 	NLTK_DATA=$(SHARED)/nltk_data $(PY) cli.py build-mixture stage2 --source-root $(SHARED)/hub --out out/stage2 --workers $(WORKERS)
 	$(PY) cli.py train --data out/stage2 --preset tiny --seq-len 256 --steps 40 --nproc 2 --out out/runs/demo
 

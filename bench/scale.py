@@ -5,8 +5,7 @@ text under another id) and *near* copies (the same text with its last word chang
 built with dedup on and `--workers 2`. Every planted copy must be dropped (`exact-dup` / `near-dup`) and nothing else.
 Each N runs in a fresh subprocess and each stage of it in a forked child (as on a cluster, where every stage is a
 job), so `ru_maxrss` of the children is the peak of this build alone; /proc is also sampled every 0.1 s for the
-largest live process per stage. The stand-in decisions stage (`decide`, pipelines/legacy_decide.py, to be replaced
-by the bounded global dedup stages) is reported apart.
+largest live process per stage (file-backed pages of memory-mapped intermediates count too).
 
 Targets (issue 10): peak RSS <= 2 GB at 5M documents, RSS(5M) <= 1.3 x RSS(0.5M), recall = precision = 1.
 
@@ -212,9 +211,6 @@ def report(r: dict) -> None:
     print(f"\nN = {r['n_docs']:,} documents, --workers {r['workers']}: wall {r['wall_s']:.1f} s, "
           f"peak RSS of the largest process {gb:.2f} GB (self {r['rss_self'] / 2**30:.2f}, "
           f"children {r['rss_children'] / 2**30:.2f}, sampled {r['rss_sampled'] / 2**30:.2f})")
-    if r.get("peak_rss_without_decide"):
-        print(f"  largest process outside the stand-in `decide` stage (pipelines/legacy_decide.py): "
-              f"{r['peak_rss_without_decide'] / 2**30:.2f} GB")
     for s in r["stages"]:
         rss = f"{s['peak_rss'] / 2**30:6.2f} GB" if "peak_rss" in s else ""
         print(f"  {s['stage']:<14} {s['tasks']:>4} task(s) {s['seconds']:8.1f} s  {r['n_docs'] / s['seconds']:>10,.0f} "
