@@ -28,7 +28,7 @@ from pipelines.input_state import input_changes, record_inputs, stage_a_code_ver
 from pipelines.outlock import check_out_dir, out_lock
 from pipelines.remap import SourceMap
 from pipelines.rowsteps import task_fetch, task_filter
-from pipelines.shards.format import token_dtype
+from pipelines.shards.format import sha256_file, token_dtype
 from pipelines.sources import HF_PREFIX, resolve_source
 from pipelines.spec import MixtureSpec
 from pipelines.stages import Stage
@@ -94,14 +94,6 @@ class BuildContext:
         return Path(self.opts.out)
 
 
-def _sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _display_uri(path: str, source_root: str | None) -> str:
     """Record files under their canonical hf:// URI when read through --source-root."""
     if source_root:
@@ -158,7 +150,7 @@ def prepare(spec: MixtureSpec, opts: BuildOptions) -> BuildContext:
 
     with_mask = bool(spec.packing.get("loss_mask", False))
     stage_a = {
-        "tasks": [t.__dict__ for t in tasks], "tokenizer_sha256": _sha256_file(tokenizer_path), "eos": eos_id,
+        "tasks": [t.__dict__ for t in tasks], "tokenizer_sha256": sha256_file(tokenizer_path), "eos": eos_id,
         "seed": seed, "strict": opts.strict, "decontaminate": spec.decontaminate, "dedup": spec.dedup,
         # 3: EOS/pad strings tokenized as text, and uint16 intermediates when the vocabulary fits
         "with_mask": with_mask, "pad": pad_id, "format_version": 3,
