@@ -68,6 +68,10 @@ def main() -> int:
     moby = con.execute("SELECT doc_id, n_tokens, status, reason FROM s1.documents WHERE n_tokens > 262144").fetchall()
     print(f"documents shared by the two builds: {shared}; docs > 256K tokens in the mirror: {moby}")
     print(f"build seconds: long-64k {t1 - t0:.1f}, long-256k {t2 - t1:.1f}")
+    import resource
+
+    print(f"peak RSS: this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB, largest worker "
+          f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB")
     ok &= shared == 0
     print("OK" if ok else "FAILED")
     return 0 if ok else 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -62,6 +63,8 @@ def main() -> None:
               f"{rep['problems_with_variants']} problems with variants, {rep['variants_emitted']:,} variants, "
               f"{rep['tokens']:,} tokens (Instella: 28.5M) -> reaches target: {rep['reaches_instella_target']}")
         print("main rejections:", json.dumps(dict(list(rep["problems_rejected"].items())[:5])))
+    print(f"peak RSS: this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB, largest worker "
+          f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB")
 
 
 if __name__ == "__main__":
