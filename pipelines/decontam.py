@@ -34,7 +34,8 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from pipelines.text import (
-    fold_words, hashes_at, length_salts, ngram_ipow, ngram_prefix, token_batch, word_hashes, words_and_labels,
+    batches_by_chars, fold_words, hashes_at, length_salts, ngram_ipow, ngram_prefix, token_batch, word_hashes,
+    words_and_labels,
 )
 
 _U64 = np.uint64
@@ -593,13 +594,6 @@ class DecontaminationStep(PipelineStep):
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         if self._index is None:
             self._index = DecontamIndex(self.index_path)
-        batch, size = [], 0
-        for doc in data:
-            batch.append(doc)
-            size += len(doc.text)
-            if size >= self.batch_bytes:
-                self._flush(batch)
-                yield from batch
-                batch, size = [], 0
-        self._flush(batch)
-        yield from batch
+        for batch in batches_by_chars(data, self.batch_bytes):
+            self._flush(batch)
+            yield from batch

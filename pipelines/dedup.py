@@ -21,7 +21,7 @@ import xxhash
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from pipelines.text import fold_exact, hashes_at, mix64, ngram_prefix, token_hashes_batch
+from pipelines.text import batches_by_chars, fold_exact, hashes_at, mix64, ngram_prefix, token_hashes_batch
 
 _U64 = np.uint64
 _U32 = np.uint32
@@ -189,16 +189,9 @@ class DedupSignatureStep(PipelineStep):
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         if self._hasher is None:
             self._hasher = MinHasher(self.cfg)
-        batch, size = [], 0
-        for doc in data:
-            batch.append(doc)
-            size += len(doc.text)
-            if size >= self.batch_bytes:
-                self._flush(batch)
-                yield from batch
-                batch, size = [], 0
-        self._flush(batch)
-        yield from batch
+        for batch in batches_by_chars(data, self.batch_bytes):
+            self._flush(batch)
+            yield from batch
 
 
 def _first_of_group(df: pl.DataFrame, by: str, reason: str) -> tuple[pl.DataFrame, pl.DataFrame]:

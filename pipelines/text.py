@@ -322,3 +322,17 @@ def hashes_at(prefix0: np.ndarray, starts: np.ndarray, n: int | np.ndarray) -> n
 def word_ngram_hashes(text: str, n: int) -> np.ndarray:
     """Hashes of the `fold_words` n-grams of a text (empty when it has fewer than n words)."""
     return ngram_hashes(word_hashes(fold_words(text)), n)
+
+
+def batches_by_chars(docs, limit: int):
+    """Group a document stream into lists of at least `limit` characters (the last one may be shorter, never empty):
+    the batched text steps (dedup signatures, decontamination) vectorise over one such list at a time."""
+    batch, size = [], 0
+    for doc in docs:
+        batch.append(doc)
+        size += len(doc.text)
+        if size >= limit:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
