@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SHARED = Path(os.environ.get("MIDTRAIN_SHARED", ROOT.parent / "shared" / "data")).resolve()
+# absolute for the CLI subprocesses the tests start in other working folders (`make test` passes a relative path)
+os.environ["MIDTRAIN_SHARED"] = str(SHARED)
 HUB = SHARED / "hub"
 TOKENIZER = SHARED / "tokenizers" / "allenai_eleuther-ai-gpt-neox-20b-pii-special.json"
 os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
