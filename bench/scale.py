@@ -1,8 +1,9 @@
 """How a build scales with the number of documents: peak RSS of the largest process, wall time and docs/s per stage.
 
-A synthetic corpus of N short documents (random words, several JSONL files) with planted *exact* copies (the same
-text under another id) and *near* copies (the same text with its last word changed: Jaccard of word 5-grams ~0.98),
-built with dedup on and `--workers 2`. Every planted copy must be dropped (`exact-dup` / `near-dup`) and nothing else.
+A synthetic corpus of N short documents (random words, 16 JSONL files, so a file holds N/16 documents: per-file
+stages must be bounded by their batches, not by the file) with planted *exact* copies (the same text under another
+id) and *near* copies (the same text with its last word changed: Jaccard of word 5-grams ~0.98), built with dedup
+on and `--workers 2`. Every planted copy must be dropped (`exact-dup` / `near-dup`) and nothing else.
 Each N runs in a fresh subprocess and each stage of it in a forked child (as on a cluster, where every stage is a
 job), so `ru_maxrss` of the children is the peak of this build alone; /proc is also sampled every 0.1 s for the
 largest live process per stage (file-backed pages of memory-mapped intermediates count too).
@@ -153,7 +154,10 @@ def run_one(n_docs: int, workers: int, keep: Path | None) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix=f"scale-{n_docs}-", dir=keep))
     corpus, out = tmp / "corpus", tmp / "out"
-    exact, near = make_corpus(corpus, n_docs)
+    # the corpus is written by a short-lived child: its texts never sit in this process, whose pages every forked
+    # stage below would otherwise carry (and count) in its own RSS
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        exact, near = pool.apply(make_corpus, (corpus, n_docs))
     write_spec(tmp / "scale.yaml", corpus)
     spec = load_spec(str(tmp / "scale.yaml"))
     opts = BuildOptions(out=str(out), workers=workers, progress=False)

@@ -2,6 +2,7 @@
 
     python bench/trainer_data_scale.py [--docs 5000000] [--mirror-docs 10000] [--rows-per-shard 64]
                                        [--work /tmp/trainer_data_scale] [--baseline-ref eac4e4b]
+    python bench/trainer_data_scale.py --builds out/stage2 /tmp/scale/scale-5000000-*/out   # two real builds
 
 Writes two synthetic builds straight in the documented format (trainer/data_synthetic.py: shards + per-shard
 `.idx.arrow` + a manifest with `build`, `shards` and, for the baseline, `segments`): a large one (`--docs` short
@@ -122,6 +123,9 @@ def main() -> None:
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "trainer_data_scale"),
                     help="where the synthetic builds are written (reused when present)")
     ap.add_argument("--baseline-ref", default="eac4e4b", help="git ref of the baseline trainer/data.py")
+    ap.add_argument("--builds", nargs=2, metavar=("MIRROR", "LARGE"),
+                    help="measure these two finished builds instead of writing synthetic ones (e.g. `make demo`'s "
+                         "out/stage2 and a build kept by `bench/scale.py --keep`)")
     ap.add_argument("--child", nargs=2, metavar=("IMPL", "BUILD"), help=argparse.SUPPRESS)
     ap.add_argument("--module", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -131,7 +135,10 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    builds = make_builds(work, args.docs, args.mirror_docs, args.rows_per_shard)
+    if args.builds:
+        builds = {"mirror": Path(args.builds[0]), "large": Path(args.builds[1])}
+    else:
+        builds = make_builds(work, args.docs, args.mirror_docs, args.rows_per_shard)
     baseline = work / "baseline_trainer_data.py"
     src = subprocess.run(["git", "show", f"{args.baseline_ref}:trainer/data.py"], cwd=ROOT, capture_output=True,
                          text=True)

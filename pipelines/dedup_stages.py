@@ -57,7 +57,8 @@ KINDS = ("id", "exact", "url", "band")
 ID, EXACT, URL, BAND = range(len(KINDS))
 EXCLUDED_MARK = np.iinfo(np.int64).min  # key of an id record that comes from another build's segments
 MAX_BUCKETS = 1024
-CHUNK_RECORDS = 1 << 22  # records sorted at once by a bucket task (~100 MB + sort temporaries)
+CHUNK_RECORDS = 1 << 21  # records sorted at once by a bucket task (~50 MB + sort temporaries: ~250 MB)
+SIGN_RUN_DOCS = 1 << 15  # documents per sorted run of a dedup_sign task (~40 records each with MinHash bands)
 EXCLUDE_RUN_IDS = 1 << 20  # ids (Python strings) per sorted run written by an exclusion task
 
 
@@ -88,13 +89,14 @@ class GlobalDedupConfig:
     minhash: bool = False
     exclude: tuple[str, ...] = ()
     chunk_records: int = CHUNK_RECORDS
+    sign_run_docs: int = SIGN_RUN_DOCS
 
     @property
     def root(self) -> str:
         return os.path.join(self.work_dir, "dedup", f"p{self.n_buckets:04d}")
 
     def sign_path(self, task: int) -> str:
-        return os.path.join(self.root, "sign", f"{task:05d}.npy")
+        return os.path.join(self.root, "sign", f"{task:05d}.rec")
 
     @property
     def exclude_dir(self) -> str:
@@ -138,9 +140,9 @@ def _bucket_bounds(bucket: int, n_buckets: int) -> tuple[int, int]:
     return t0 << 32, t1 << 32
 
 
-def write_partitioned(path: str, records: list[np.ndarray], kinds: list[int], n_buckets: int) -> None:
-    """Write records grouped by (bucket, kind), each group sorted by h1 (ties in any order: the bucket step sorts
-    them fully), with their offsets (atomically, offsets last)."""
+def partition_records(records: list[np.ndarray], kinds: list[int], n_buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """Records grouped by (bucket, kind), each group sorted by h1 (ties in any order: the bucket step sorts them
+    fully), and the offsets of the groups."""
     rec = np.concatenate(records) if records else np.empty(0, RECORD)
     kind = np.repeat(np.asarray(kinds, np.int64), [len(r) for r in records]) if records else np.empty(0, np.int64)
     h1 = rec["h1"]
@@ -151,10 +153,19 @@ def write_partitioned(path: str, records: list[np.ndarray], kinds: list[int], n_
     code = bucket_of(h1[perm], n_buckets).astype(np.int64) * len(KINDS) + kind[perm]
     perm = perm[np.argsort(code.astype(np.uint16) if code.size and code.max() < 2**16 else code, kind="stable")]
     rec, code = rec[perm], np.sort(code, kind="stable")
-    offsets = np.searchsorted(code, np.arange(n_buckets * len(KINDS) + 1)).astype(np.int64)
+    return rec, np.searchsorted(code, np.arange(n_buckets * len(KINDS) + 1)).astype(np.int64)
+
+
+def write_partitioned(path: str, records: list[np.ndarray], kinds: list[int], n_buckets: int) -> None:
+    """One sorted run (`partition_records`) as .npy + its offsets (atomically, offsets last)."""
+    rec, offsets = partition_records(records, kinds, n_buckets)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _atomic_save(path, rec)
-    _atomic_save(path[:-4] + ".offsets.npy", offsets)
+    _atomic_save(offsets_path(path), offsets)
+
+
+def offsets_path(records_path: str) -> str:
+    return records_path.rsplit(".", 1)[0] + ".offsets.npy"
 
 
 def _atomic_save(path: str, arr: np.ndarray) -> None:
@@ -168,50 +179,79 @@ def _atomic_save(path: str, arr: np.ndarray) -> None:
 
 
 def sign_task(cfg: GlobalDedupConfig, task: int) -> None:
-    """Emit the records of stage-A task `task` (ids of every row; dedup keys of kept rows only)."""
+    """Emit the records of stage-A task `task` (ids of every row; dedup keys of kept rows only), as sorted runs of
+    `cfg.sign_run_docs` documents appended to one records file; the offsets file has one row of group offsets per
+    run. Memory is bounded by a run, whatever the size of the input file."""
     docs_path = intermediate_paths(os.path.join(cfg.work_dir, "docs"), task)[0]
     pf = pq.ParquetFile(docs_path)
     names = set(pf.schema_arrow.names)
     cols = ["doc_id", "file", "line", "status"]
     cols += [c for c, on in (("text_hash", cfg.exact), ("url", cfg.url), ("minhash", cfg.minhash))
              if on and c in names]
+    path = cfg.sign_path(task)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
     records: list[np.ndarray] = []
     kinds: list[int] = []
-    row0 = 0
-    for batch in pf.iter_batches(batch_size=1 << 16, columns=cols):
-        n = batch.num_rows
-        keys = (np.int64(task) << np.int64(32)) | np.arange(row0, row0 + n, dtype=np.int64)
-        row0 += n
-        d = {c: batch.column(c).to_pylist() for c in ("doc_id", "file", "line", "status", "url") if c in cols}
-        h1, h2 = _hash128(d["doc_id"])
-        records.append(_records(h1, h2, keys))
-        h1, h2 = _hash128([repaired_doc_id(i, f, ln) for i, f, ln in zip(d["doc_id"], d["file"], d["line"])])
-        records.append(_records(h1, h2, ~keys))  # the repaired form of doc k is stored under ~k (< 0)
-        kinds += [ID, ID]
-        kept = np.array([s == "kept" for s in d["status"]], dtype=bool)
-        if "text_hash" in cols:
-            th = batch.column("text_hash").fill_null(0).to_numpy(zero_copy_only=False)
-            ok = kept & batch.column("text_hash").is_valid().to_numpy(zero_copy_only=False)
-            records.append(_records(th[ok].astype(np.int64).view(np.uint64), 0, keys[ok]))
-            kinds.append(EXACT)
-        if "url" in d:
-            sel = [i for i, u in enumerate(d["url"]) if u and kept[i]]
-            if sel:
-                h1, h2 = _hash128([d["url"][i] for i in sel])
-                records.append(_records(h1, h2, keys[sel]))
-                kinds.append(URL)
-        if "minhash" in cols:
-            mh = batch.column("minhash")
-            lens = mh.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-            lens[~kept] = 0
-            if lens.sum():
-                starts = mh.offsets.to_numpy()[:-1].astype(np.int64)  # into mh.values, nulls included
-                values = mh.values.to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64)
-                owner = np.repeat(np.arange(n), lens)
-                band = np.arange(len(owner)) - np.repeat(np.cumsum(lens) - lens, lens)
-                records.append(_records(values[starts[owner] + band], band.astype(np.uint64), keys[owner]))
-                kinds.append(BAND)
-    write_partitioned(cfg.sign_path(task), records, kinds, cfg.n_buckets)
+    run_offsets: list[np.ndarray] = []
+    written = pending_docs = row0 = 0
+    with open(tmp, "wb") as out:
+        def flush() -> None:
+            nonlocal written, pending_docs
+            rec, offsets = partition_records(records, kinds, cfg.n_buckets)
+            out.write(rec.tobytes())
+            run_offsets.append(offsets + written)
+            written += len(rec)
+            records.clear()
+            kinds.clear()
+            pending_docs = 0
+
+        for batch in pf.iter_batches(batch_size=min(1 << 14, cfg.sign_run_docs), columns=cols):
+            n = batch.num_rows
+            keys = (np.int64(task) << np.int64(32)) | np.arange(row0, row0 + n, dtype=np.int64)
+            row0 += n
+            _sign_batch(batch, cols, keys, records, kinds)
+            pending_docs += n
+            if pending_docs >= cfg.sign_run_docs:
+                flush()
+        if pending_docs or not run_offsets:
+            flush()
+    os.replace(tmp, path)
+    _atomic_save(offsets_path(path), np.stack(run_offsets))
+
+
+def _sign_batch(batch: pa.RecordBatch, cols: list[str], keys: np.ndarray, records: list[np.ndarray],
+                kinds: list[int]) -> None:
+    n = batch.num_rows
+    d = {c: batch.column(c).to_pylist() for c in ("doc_id", "file", "line", "status", "url") if c in cols}
+    h1, h2 = _hash128(d["doc_id"])
+    records.append(_records(h1, h2, keys))
+    h1, h2 = _hash128([repaired_doc_id(i, f, ln) for i, f, ln in zip(d["doc_id"], d["file"], d["line"])])
+    records.append(_records(h1, h2, ~keys))  # the repaired form of doc k is stored under ~k (< 0)
+    kinds += [ID, ID]
+    kept = np.array([s == "kept" for s in d["status"]], dtype=bool)
+    if "text_hash" in cols:
+        th = batch.column("text_hash").fill_null(0).to_numpy(zero_copy_only=False)
+        ok = kept & batch.column("text_hash").is_valid().to_numpy(zero_copy_only=False)
+        records.append(_records(th[ok].astype(np.int64).view(np.uint64), 0, keys[ok]))
+        kinds.append(EXACT)
+    if "url" in d:
+        sel = [i for i, u in enumerate(d["url"]) if u and kept[i]]
+        if sel:
+            h1, h2 = _hash128([d["url"][i] for i in sel])
+            records.append(_records(h1, h2, keys[sel]))
+            kinds.append(URL)
+    if "minhash" in cols:
+        mh = batch.column("minhash")
+        lens = mh.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        lens[~kept] = 0
+        if lens.sum():
+            starts = mh.offsets.to_numpy()[:-1].astype(np.int64)  # into mh.values, nulls included
+            values = mh.values.to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64)
+            owner = np.repeat(np.arange(n), lens)
+            band = np.arange(len(owner)) - np.repeat(np.cumsum(lens) - lens, lens)
+            records.append(_records(values[starts[owner] + band], band.astype(np.uint64), keys[owner]))
+            kinds.append(BAND)
 
 
 def exclude_task(cfg: GlobalDedupConfig, index: int) -> None:
@@ -255,6 +295,67 @@ def _sign_files(cfg: GlobalDedupConfig) -> list[str]:
     return files
 
 
+class RunFile:
+    """A file of sorted record runs, read with `pread` only: a memory map would put the pages around every probe
+    (kernel fault-around) into the bucket task's RSS, which would then grow with its bucket."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.offset = 0
+        if path.endswith(".npy"):  # an exclusion run: a .npy header before the records
+            with open(path, "rb") as f:
+                np.lib.format.read_magic(f)
+                np.lib.format.read_array_header_1_0(f)
+                self.offset = f.tell()
+        self._fd: int | None = None
+
+    @property
+    def fd(self) -> int:
+        """Opened on use and closed by `close` after each pass: a bucket task reads one file per input file and
+        must not hold thousands of descriptors at once."""
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        return self._fd
+
+    def h1_at(self, i: int) -> int:
+        return int.from_bytes(os.pread(self.fd, 8, self.offset + i * RECORD.itemsize), "little")
+
+    def read(self, s: int, e: int) -> np.ndarray:
+        out = np.empty(e - s, RECORD)
+        view, done = memoryview(out).cast("B"), 0
+        while done < len(view):
+            n = os.preadv(self.fd, [view[done:]], self.offset + s * RECORD.itemsize + done)
+            if n <= 0:
+                raise OSError(f"{self.path}: shorter than its offsets say")
+            done += n
+        return out
+
+    def lower_bound(self, a: int, b: int, value: int) -> int:
+        """First index in [a, b) whose h1 >= value (the records of [a, b) are sorted by h1)."""
+        while a < b:
+            mid = (a + b) // 2
+            if self.h1_at(mid) < value:
+                a = mid + 1
+            else:
+                b = mid
+        return a
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def load_run_file(cfg: GlobalDedupConfig, path: str, c0: int, c1: int) -> tuple[RunFile, np.ndarray]:
+    """(records, offsets[:, c0:c1]) of a file of sorted runs: a sign file (raw records, one offsets row per run) or an
+    exclusion run (.npy, one offsets row)."""
+    offsets = np.load(offsets_path(path), mmap_mode="r")
+    offsets = offsets.reshape(-1, offsets.shape[-1])
+    if offsets.shape[1] != cfg.n_buckets * len(KINDS) + 1:
+        raise ValueError(f"{path}: written for another bucket count")
+    return RunFile(path), np.array(offsets[:, c0:c1])
+
+
 def group_runs(rec: np.ndarray, kind: int) -> tuple[np.ndarray, np.ndarray]:
     """Runs of equal (h1, h2) with two members or more in sorted `rec`: (run number, key) of each member."""
     n = len(rec)
@@ -274,18 +375,14 @@ def group_runs(rec: np.ndarray, kind: int) -> tuple[np.ndarray, np.ndarray]:
 
 def bucket_task(cfg: GlobalDedupConfig, bucket: int) -> None:
     """Groups of bucket `bucket`, each kind sorted and scanned in hash sub-ranges of at most chunk_records."""
-    files = []
-    for path in _sign_files(cfg):
-        offsets = np.load(path[:-4] + ".offsets.npy")
-        if len(offsets) != cfg.n_buckets * len(KINDS) + 1:
-            raise ValueError(f"{path}: written for another bucket count")
-        files.append((np.load(path, mmap_mode="r"), offsets))
+    c0 = bucket * len(KINDS)
+    files = [load_run_file(cfg, path, c0, c0 + len(KINDS) + 1) for path in _sign_files(cfg)]
     lo_h, hi_h = _bucket_bounds(bucket, cfg.n_buckets)
     out: dict[str, np.ndarray] = {}
     n_runs = 0
     for kind, name in enumerate(KINDS):
-        c = bucket * len(KINDS) + kind
-        slices = [(rec, int(off[c]), int(off[c + 1])) for rec, off in files if off[c + 1] > off[c]]
+        slices = [(rec, int(a), int(b)) for rec, off in files for a, b in zip(off[:, kind], off[:, kind + 1])
+                  if b > a]
         total = sum(b - a for _, a, b in slices)
         n_sub = max(1, -(-total // cfg.chunk_records))
         edges = [lo_h + (hi_h - lo_h) * i // n_sub for i in range(n_sub + 1)]
@@ -293,11 +390,11 @@ def bucket_task(cfg: GlobalDedupConfig, bucket: int) -> None:
         for i in range(n_sub):
             parts = []
             for rec, a, b in slices:
-                h1 = rec["h1"][a:b]
-                s = a + int(np.searchsorted(h1, np.uint64(edges[i]))) if i > 0 else a
-                e = a + int(np.searchsorted(h1, np.uint64(edges[i + 1]))) if i < n_sub - 1 else b
+                s = rec.lower_bound(a, b, edges[i]) if i > 0 else a
+                e = rec.lower_bound(a, b, edges[i + 1]) if i < n_sub - 1 else b
                 if e > s:
-                    parts.append(np.asarray(rec[s:e]))
+                    parts.append(rec.read(s, e))
+                rec.close()
             if not parts:
                 continue
             chunk = np.concatenate(parts)
@@ -593,14 +690,14 @@ def config_for(ctx) -> GlobalDedupConfig:
     dc = DedupConfig.from_spec(ctx.spec.dedup) if ctx.spec.dedup is not None else None
     return GlobalDedupConfig(work_dir=ctx.work_dir, n_tasks=len(ctx.tasks), n_buckets=n_buckets_for(len(ctx.tasks)),
                              exact=bool(dc and dc.exact), url=bool(dc and dc.url), minhash=bool(dc and dc.minhash),
-                             exclude=tuple(ctx.opts.exclude))
+                             exclude=tuple(ctx.opts.exclude), sign_run_docs=SIGN_RUN_DOCS)
 
 
 def stages_for(cfg: GlobalDedupConfig) -> list[Stage]:
     """The global stages for a config (also used by bench/scale_dedup.py on synthetic intermediates)."""
     stages = [Stage("dedup_sign", [SignDocuments(cfg)], cfg.n_tasks, kind="per-file",
                     description=f"hash ids and dedup keys of {cfg.n_tasks} files",
-                    memory_bytes=1 << 30)]  # measured 0.6 GB for 100K-document files (bench/scale_dedup.py)
+                    memory_bytes=512 << 20)]  # one run of SIGN_RUN_DOCS: 0.36 GB measured (bench/scale_dedup.py)
     if cfg.exclude:
         stages.append(Stage("dedup_exclude", [HashExcludedIds(cfg)], len(cfg.exclude), kind="global",
                             description="hash the ids of excluded builds"))

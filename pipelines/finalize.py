@@ -4,11 +4,13 @@
                (`pipelines.dedup_stages`: ids, exclusion, exact/URL/MinHash dedup, parallel over hash buckets)
     documents  one task per stage-A file: apply its decisions; write its manifest `documents` part, its
                `contamination` part and its *pack items* (lengths only: key, copy, n_tokens, token offset, ...)
-    pack       concat: partition items by sort-key range (P tasks) -> prefix token offsets (1 task) -> cut each
-               partition into rows (P tasks). long / sft: one task over the items of all documents (lengths only).
-               Either way: plan parts (segments sorted by row) + outcomes (copies not placed, with a reason)
-    write      one task per block of shards: gather tokens from the memory-mapped stage-A intermediates, write
-               .npy (+ .mask.npy) + .idx.arrow into OUT/shards.next/, and the manifest parts of those shards
+    pack       partition items by sort-key range (P tasks), then concat: cut each partition into rows from the
+               prefix token offsets of all partitions (P tasks); long / sft: the mode's packer on each partition
+               (P tasks; P from the data size). Either way: plan parts (segments sorted by row) + outcomes (copies
+               not placed, with a reason)
+    write      one task per block of shards, a chunk of rows at a time: read tokens from the stage-A
+               intermediates (pread), stream .npy (+ .mask.npy) + .idx.arrow into OUT/shards.next/, and the
+               manifest parts of those shards
     manifest   one task: DuckDB builds manifest.duckdb from the parts (out of core), then swaps the new shards and
                manifest in (see `pipelines.manifest.swap_in`)
 
@@ -40,7 +42,7 @@ from pipelines.steps import intermediate_paths
 if TYPE_CHECKING:
     from pipelines.build import BuildContext
 
-ITEMS_PER_PARTITION = 2_000_000  # pack items one concat partition task sorts (~100 B each in memory)
+ITEMS_PER_PARTITION = 500_000  # pack items one concat partition task sorts and cuts (~200 B each in memory)
 BYTES_PER_DOC_GUESS = 300  # input bytes per document, to size the partitions before anything is read
 
 
@@ -51,7 +53,7 @@ class StageBLayout:
     work_dir: str  # the stage-A work dir (its decisions/ folder is the global dedup stages' output)
     out: str
     n_tasks: int  # stage-A tasks
-    n_partitions: int  # concat pack partitions
+    n_partitions: int  # pack partitions (ranges of the items' sort keys), each with its plan part
     n_writers: int
     concat: bool
 
@@ -64,7 +66,7 @@ class StageBLayout:
 
     @property
     def n_plan_parts(self) -> int:
-        return self.n_partitions if self.concat else 1
+        return self.n_partitions
 
     @property
     def next_shards(self) -> str:
@@ -77,10 +79,14 @@ def plan_layout(ctx: BuildContext) -> StageBLayout:
     on them."""
     total_bytes = sum(file_size(t.path) or 0 for t in ctx.tasks)
     guess_docs = total_bytes // BYTES_PER_DOC_GUESS
-    partitions = max(ctx.opts.workers, math.ceil(guess_docs / ITEMS_PER_PARTITION), 1)
+    by_size = max(1, math.ceil(guess_docs / ITEMS_PER_PARTITION))
     concat = ctx.spec.packing.get("mode", "concat") == "concat"
+    # concat rows are cut from one global order, so any partition count gives the same rows (use the workers); the
+    # other packers pack each partition on its own, so their partition count must come from the data alone
+    partitions = max(ctx.opts.workers, by_size) if concat else by_size
     return StageBLayout(work_dir=ctx.work_dir, out=str(ctx.out), n_tasks=len(ctx.tasks),
-                        n_partitions=min(partitions, 4096), n_writers=min(partitions, 4096), concat=concat)
+                        n_partitions=min(partitions, 4096), n_writers=min(max(partitions, ctx.opts.workers), 4096),
+                        concat=concat)
 
 
 def file_size(path: str) -> int | None:
@@ -136,8 +142,15 @@ ITEM_SCHEMA = pa.schema([
 ])
 
 # Per-task documents part: the manifest's `documents` columns before packing outcomes and survivor ids are joined.
-DOC_PART_COLUMNS = ("key", "doc_id", "source", "file", "line", "n_chars", "n_tokens", "status", "reason", "n_copies",
-                    "duplicate_of_key", "detail")
+DOC_PART_SCHEMA = pa.schema([
+    ("key", pa.int64()), ("doc_id", pa.string()), ("source", pa.string()), ("file", pa.string()), ("line", pa.int64()),
+    ("n_chars", pa.int64()), ("n_tokens", pa.int64()), ("status", pa.string()), ("reason", pa.string()),
+    ("n_copies", pa.int32()), ("duplicate_of_key", pa.int64()), ("detail", pa.string()),
+])
+# stage-A columns a documents task reads, a batch of rows at a time
+APPLY_COLUMNS = ("doc_id", "source", "file", "line", "n_chars", "n_tokens", "status", "reason", "detail", "n_copies",
+                 "offset", "contamination")
+APPLY_BATCH_ROWS = 1 << 14
 
 
 def sort_keys(seed: int, keys: np.ndarray, copies: np.ndarray) -> np.ndarray:
@@ -165,47 +178,74 @@ class ApplyDecisions(PipelineStep):
         self.seed = ctx.seed
         self.shuffle = bool(ctx.spec.packing.get("shuffle", True))
         self.source_index = {s["source"]: i for i, s in enumerate(ctx.sources)}
+        self.mode = ctx.spec.packing.get("mode", "concat")
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
+        """Row group by row group (memory bounded by a batch of rows, whatever the file size); only the pack items
+        (~50 B per kept document) are held until the end, to be sorted."""
         lay = self.layout
-        cols = ["doc_id", "source", "file", "line", "n_chars", "n_tokens", "status", "reason", "detail", "n_copies",
-                "offset", "contamination"]
-        docs = pq.read_table(intermediate_paths(os.path.join(lay.work_dir, "docs"), rank)[0], columns=cols)
+        if not os.path.exists(decisions_path(lay.work_dir, rank)):  # every task gets one, even when empty
+            raise FileNotFoundError(f"{decisions_path(lay.work_dir, rank)}: the decisions stage did not run")
+        dec = read_decisions(lay.work_dir, rank).sort_by("idx")
+        dec_idx = dec["idx"].to_numpy()
+        pf = pq.ParquetFile(intermediate_paths(os.path.join(lay.work_dir, "docs"), rank)[0])
+        docs_tmp, contam_tmp = (f"{lay.part(kind, rank)}.tmp.{os.getpid()}" for kind in ("documents", "contamination"))
+        os.makedirs(os.path.dirname(docs_tmp), exist_ok=True)
+        os.makedirs(os.path.dirname(contam_tmp), exist_ok=True)
+        items: list[pa.Table] = []
+        row0 = 0
+        with pq.ParquetWriter(docs_tmp, DOC_PART_SCHEMA) as docs_out, \
+                pq.ParquetWriter(contam_tmp, TABLES["contamination"]) as contam_out:
+            for batch in pf.iter_batches(batch_size=APPLY_BATCH_ROWS, columns=list(APPLY_COLUMNS)):
+                docs = pa.Table.from_batches([batch])
+                lo, hi = np.searchsorted(dec_idx, [row0, row0 + docs.num_rows])
+                part, doc_id, status, n_copies = self._apply(docs, dec.slice(lo, hi - lo), rank, row0)
+                docs_out.write_table(part)
+                contamination = self._contamination(docs, part["doc_id"])
+                if contamination.num_rows:
+                    contam_out.write_table(contamination)
+                items.append(self._items(docs, part["key"].to_numpy(), doc_id, status, n_copies))
+                row0 += docs.num_rows
+        os.replace(docs_tmp, lay.part("documents", rank))
+        os.replace(contam_tmp, lay.part("contamination", rank))
+        table = pa.concat_tables(items) if items else ITEM_SCHEMA.empty_table()
+        table = table.sort_by([("sort_key", "ascending"), ("key", "ascending"), ("copy", "ascending")])
+        write_parquet(lay.part("items", rank), table, row_group_size=65536)
+        self.stat_update("documents", value=row0)
+        return iter(())
+
+    def _apply(self, docs: pa.Table, dec: pa.Table, task: int, row0: int):
+        """The documents part of rows [row0, row0 + len(docs)) of a task, with its decisions applied."""
         n = docs.num_rows
         status = docs["status"].to_numpy(zero_copy_only=False).astype(object)
         reason = docs["reason"].to_numpy(zero_copy_only=False).astype(object)
         n_copies = docs["n_copies"].to_numpy().astype(np.int32)
         doc_id = docs["doc_id"].to_numpy(zero_copy_only=False).astype(object)
         dup_of = np.full(n, -1, dtype=np.int64)
-        if not os.path.exists(decisions_path(lay.work_dir, rank)):  # every task gets one, even when empty
-            raise FileNotFoundError(f"{decisions_path(lay.work_dir, rank)}: the decisions stage did not run")
-        dec = read_decisions(lay.work_dir, rank)
-        if dec.num_rows:
-            idx = dec["idx"].to_numpy()
-            d_reason = dec["reason"].to_pylist()
-            d_dup = dec["duplicate_of"].to_pylist()
-            d_id = dec["doc_id"].to_pylist()
-            for i, r, dup, new_id in zip(idx.tolist(), d_reason, d_dup, d_id):
-                if new_id is not None:
-                    doc_id[i] = new_id
-                if r is not None and status[i] == "kept":
-                    status[i], reason[i], n_copies[i] = "dropped", r, 0
-                    if dup is not None:
-                        dup_of[i] = dup
-        keys = doc_key(rank, 0) + np.arange(n, dtype=np.int64)
+        for i, r, dup, new_id in zip((dec["idx"].to_numpy() - row0).tolist(), dec["reason"].to_pylist(),
+                                     dec["duplicate_of"].to_pylist(), dec["doc_id"].to_pylist()):
+            if new_id is not None:
+                doc_id[i] = new_id
+            if r is not None and status[i] == "kept":
+                status[i], reason[i], n_copies[i] = "dropped", r, 0
+                if dup is not None:
+                    dup_of[i] = dup
+        keys = doc_key(task, row0) + np.arange(n, dtype=np.int64)
         part = pa.table({
             "key": keys, "doc_id": pa.array(doc_id, pa.string()), "source": docs["source"], "file": docs["file"],
             "line": docs["line"], "n_chars": docs["n_chars"], "n_tokens": docs["n_tokens"],
             "status": pa.array(status, pa.string()), "reason": pa.array(reason, pa.string()),
             "n_copies": pa.array(n_copies, pa.int32()), "duplicate_of_key": pa.array(dup_of, pa.int64(), mask=dup_of < 0),
             "detail": docs["detail"],
-        })
-        write_parquet(lay.part("documents", rank), part)
-        write_parquet(lay.part("contamination", rank), self._contamination(docs, part["doc_id"]))
-        write_parquet(lay.part("items", rank), self._items(docs, keys, doc_id, status, n_copies),
-                      row_group_size=65536)
-        self.stat_update("documents", value=n)
-        return iter(())
+        }, schema=DOC_PART_SCHEMA)
+        return part, doc_id, status, n_copies
+
+    def _partition_key(self, keys: np.ndarray) -> np.ndarray:
+        """Which pack partition a document goes to (by sort-key range). `mds-rows` keeps whole input files together
+        and in file order (its rows are the files' samples, in order); the others spread documents uniformly."""
+        if self.mode == "mds-rows":
+            return (keys >> 32).astype(np.uint64) * np.uint64((1 << 64) // max(1, self.layout.n_tasks))
+        return sort_keys(self.seed, keys, np.zeros(len(keys), np.int64))
 
     def _contamination(self, docs: pa.Table, doc_id: pa.ChunkedArray) -> pa.Table:
         schema = TABLES["contamination"]
@@ -228,8 +268,8 @@ class ApplyDecisions(PipelineStep):
         ids = doc_id[kept]
         copies = n_copies[kept].astype(np.int64)
         line = docs["line"].to_numpy(zero_copy_only=False)[kept].astype(np.int64)
-        if not self.layout.concat:  # long / sft packers take one row per document
-            cols = {"sort_key": keys[kept].astype(np.uint64), "key": keys[kept], "copy": np.full(len(kept), -1),
+        if not self.layout.concat:  # the other packers take one item per document (n_copies says how many)
+            cols = {"sort_key": self._partition_key(keys[kept]), "key": keys[kept], "copy": np.full(len(kept), -1),
                     "n_copies": copies, "n_tokens": n_tok, "offset": offset, "source": source, "doc_id": ids,
                     "line": line}
             return pa.table(cols, schema=ITEM_SCHEMA)
@@ -239,15 +279,14 @@ class ApplyDecisions(PipelineStep):
         sk = sort_keys(self.seed, k, copy) if self.shuffle else k.astype(np.uint64)
         cols = {"sort_key": sk, "key": k, "copy": copy, "n_copies": copies[rep], "n_tokens": n_tok[rep],
                 "offset": offset[rep], "source": source[rep], "doc_id": ids[rep], "line": line[rep]}
-        table = pa.table(cols, schema=ITEM_SCHEMA)
-        return table.sort_by([("sort_key", "ascending"), ("key", "ascending"), ("copy", "ascending")])
+        return pa.table(cols, schema=ITEM_SCHEMA)
 
 
 def stage_b_stages(ctx: BuildContext, decide: list[Stage]) -> list[Stage]:
     """The global stages of a build, in order. `decide` = the stages that write decisions files."""
     from pipelines.manifest import DUCKDB_MEMORY_LIMIT, WriteManifest
     from pipelines.packing import pack_stages
-    from pipelines.shards.writer import WriteShards
+    from pipelines.shards.writer import CHUNK_TOKENS, WriteShards
 
     lay = plan_layout(ctx)
     stages = list(decide)
@@ -255,10 +294,11 @@ def stage_b_stages(ctx: BuildContext, decide: list[Stage]) -> list[Stage]:
         stages.append(Stage("documents", [ApplyDecisions(ctx, lay)], lay.n_tasks,
                             description=f"apply decisions to {lay.n_tasks} files"))
         stages += pack_stages(ctx, lay)
-        # a writer holds one shard (+ mask) and that shard's plan segments (~60 B per segment)
-        shard_bytes = ctx.spec.shard_tokens * (token_dtype(ctx.vocab_size).itemsize + ctx.with_mask)
+        # a writer holds one chunk of rows (+ mask) and that chunk's plan segments (~100 B per segment)
+        chunk_bytes = CHUNK_TOKENS * (token_dtype(ctx.vocab_size).itemsize + ctx.with_mask)
         stages.append(Stage("write_shards", [WriteShards(ctx, lay)], lay.n_writers,
-                            description=f"write shards ({lay.n_writers} tasks)", memory_bytes=2 * shard_bytes))
+                            description=f"write shards ({lay.n_writers} tasks)",
+                            memory_bytes=2 * chunk_bytes + (256 << 20)))
     stages.append(Stage("manifest", [WriteManifest(ctx, lay)], 1, description="manifest and swap",
                         memory_bytes=parse_bytes(DUCKDB_MEMORY_LIMIT) + (256 << 20)))
     return stages

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MANIFEST", "ELIGIBLE_REASONS", "connect", "recover_interrupted_swap", "swap_in", "WriteManifest"]
 
-DUCKDB_MEMORY_LIMIT = os.environ.get("MIDTRAIN_DUCKDB_MEMORY", "1GB")
+DUCKDB_MEMORY_LIMIT = os.environ.get("MIDTRAIN_DUCKDB_MEMORY", "256MB")  # spills beyond: bounded at any scale
 
 
 def swap_in(out: Path) -> None:

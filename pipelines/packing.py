@@ -4,12 +4,13 @@ A packer sees the table of kept documents (one row per doc, with `n_copies`) and
 documents placed in global rows — plus the documents it decided not to place (with a reason). The shard writer
 then gathers the tokens; positions of a row that no segment covers are filled with the pad id.
 
-Packers are selected with the spec's `packing: {mode: NAME, ...}`. `concat` (the pretraining packer) runs as
-bounded, partitioned datatrove steps (`pack_stages`): whatever sees all documents sees only their lengths, in
-partitions of the global shuffled order. The long-context and SFT packers (`pipelines.longctx.packing`, listed in
-`get_packer`; more with `@register_packer`) are per-source algorithms over lengths and run as one task over the pack
-items of all kept documents (~50 B each: key, copy, length, offset, source, doc_id) -- O(kept documents) in one
-process, but never their text or dedup keys.
+Packers are selected with the spec's `packing: {mode: NAME, ...}`. Every mode runs as bounded, partitioned datatrove
+steps (`pack_stages`): whatever sees all documents sees only their lengths, in partitions of sort-key ranges.
+`concat` (the pretraining packer) cuts rows from one global shuffled order, so its partition count never changes a
+row. The long-context and SFT packers (`pipelines.longctx.packing`, `sft-4k`, `mds-rows`, listed in `get_packer`;
+more with `@register_packer`) are per-source algorithms over lengths, run on each partition (up to
+ITEMS_PER_PARTITION documents, so a build up to that size is packed as one whole; partition counts come from the
+data size only).
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datatrove.pipeline.base import PipelineStep
 
-from pipelines.finalize import ITEM_SCHEMA, ITEMS_PER_PARTITION, StageBLayout, read_json, write_json, write_parquet
+from pipelines.finalize import (
+    ITEM_SCHEMA, ITEMS_PER_PARTITION, StageBLayout, read_json, sort_keys, write_json, write_parquet,
+)
 from pipelines.stages import Stage
 
 if TYPE_CHECKING:
@@ -140,6 +143,7 @@ PLAN_SCHEMA = pa.schema([
 OUTCOME_SCHEMA = pa.schema([("key", pa.int64()), ("lost", pa.int32()), ("reason", pa.string())])
 PLAN_ROW_GROUP = 65536
 ITEM_BYTES = 200  # in memory per item while a partition is sorted and cut (arrow columns, sort indices, segments)
+PACKER_ITEM_BYTES = 1000  # per document in the long / SFT packers (Python objects per window / sample)
 
 
 def partition_bounds(n_partitions: int) -> list[int]:
@@ -147,13 +151,11 @@ def partition_bounds(n_partitions: int) -> list[int]:
     return [(k << 64) // n_partitions for k in range(n_partitions)] + [1 << 64]
 
 
-def read_items(lay: StageBLayout, lo: int | None = None, hi: int | None = None) -> pa.Table:
-    """Pack items of every stage-A task, optionally only sort keys in [lo, hi) (row groups outside are skipped)."""
-    filters = None
-    if lo is not None:
-        filters = [("sort_key", ">=", pa.scalar(lo, pa.uint64()))]
-        if hi < (1 << 64):
-            filters.append(("sort_key", "<", pa.scalar(hi, pa.uint64())))
+def read_items(lay: StageBLayout, lo: int, hi: int) -> pa.Table:
+    """Pack items of every stage-A task with sort keys in [lo, hi) (row groups outside are skipped)."""
+    filters = [("sort_key", ">=", pa.scalar(lo, pa.uint64()))]
+    if hi < (1 << 64):
+        filters.append(("sort_key", "<", pa.scalar(hi, pa.uint64())))
     tables = [pq.read_table(lay.part("items", t), filters=filters, schema=ITEM_SCHEMA) for t in range(lay.n_tasks)]
     return pa.concat_tables(tables) if tables else ITEM_SCHEMA.empty_table()
 
@@ -173,8 +175,10 @@ class PartitionItems(PipelineStep):
         items = read_items(self.lay, b[rank], b[rank + 1])
         items = items.sort_by([("sort_key", "ascending"), ("key", "ascending"), ("copy", "ascending")])
         write_parquet(self.lay.part("partitions", rank), items, row_group_size=PLAN_ROW_GROUP)
-        write_json(self.lay.part("partitions", rank, "json"),
-                   {"n_items": items.num_rows, "n_tokens": int(pc.sum(items["n_tokens"]).as_py() or 0)})
+        # an item of the non-concat packers stands for all copies of its document (copy == -1)
+        per_copy = pc.if_else(pc.equal(items["copy"], -1), items["n_copies"], 1)
+        n_tokens = pc.sum(pc.multiply(items["n_tokens"], pc.cast(per_copy, pa.int64()))).as_py() or 0
+        write_json(self.lay.part("partitions", rank, "json"), {"n_items": items.num_rows, "n_tokens": int(n_tokens)})
         self.stat_update("items", value=items.num_rows)
         return iter(())
 
@@ -230,19 +234,25 @@ def _pieces_per_item(lengths: np.ndarray, token_offset: int, seq_len: int) -> np
 
 
 def write_plan(lay: StageBLayout, part: int, plan: pa.Table, outcome: pa.Table, placed_tokens: int,
-               token_offset: int) -> None:
-    """One plan part + its outcomes; the json (written last) says which rows it covers."""
+               token_offset: int, n_rows: int | None = None) -> None:
+    """One plan part + its outcomes; the json (written last) says which rows it covers. Concat parts hold global
+    rows; the parts of the other packers hold their own rows 0..n_rows-1 (`plan_rows` gives each its offset)."""
     write_parquet(lay.part("plan", part), plan, row_group_size=PLAN_ROW_GROUP)
     write_parquet(lay.part("outcomes", part), outcome)
     rows = plan["row"]
     write_json(lay.part("plan", part, "json"), {
         "first_row": int(pc.min(rows).as_py()) if plan.num_rows else None,
         "last_row": int(pc.max(rows).as_py()) if plan.num_rows else None,
-        "placed_tokens": placed_tokens, "token_offset": token_offset})
+        "placed_tokens": placed_tokens, "token_offset": token_offset, "n_rows": n_rows})
 
 
-class GlobalPack(PipelineStep):
-    """long / sft: run the mode's packer over the pack items of all kept documents (lengths only)."""
+class PackPartition(PipelineStep):
+    """long / sft / sft-4k / mds-rows: the mode's packer over the pack items of one partition (lengths only).
+
+    Partitions come from the data size (ITEMS_PER_PARTITION, never --workers), so a build of up to that many
+    documents is packed as one whole, exactly as the packer describes; a larger one is packed partition by
+    partition, each with its share of `--max-tokens` (by its tokens) and so of every source's `share` budget. Rows
+    of partition k follow those of partitions < k (`plan_rows`)."""
 
     name = "📐 pack (long context / SFT)"
     type = "🔢 - TOKENIZER"
@@ -259,16 +269,23 @@ class GlobalPack(PipelineStep):
         self.source_names = [s["source"] for s in ctx.sources]
         self.task_files = [t.display for t in ctx.tasks]  # key >> 32 is the stage-A task (input file)
 
+    def _max_tokens(self, rank: int) -> int | None:
+        if self.max_tokens is None or self.lay.n_partitions == 1:
+            return self.max_tokens
+        totals = [read_json(self.lay.part("partitions", k, "json"))["n_tokens"] for k in range(self.lay.n_partitions)]
+        return self.max_tokens * totals[rank] // max(1, sum(totals))
+
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        items = read_items(self.lay).sort_by("key")
+        items = pq.read_table(self.lay.part("partitions", rank), schema=ITEM_SCHEMA).sort_by("key")
         names = pa.array(self.source_names, pa.string())
         files = pa.array(self.task_files, pa.string())
         task = pc.shift_right(items["key"], 32)
         docs = pl.from_arrow(items.select(["key", "doc_id", "n_tokens", "n_copies", "line"]).append_column(
             "source", names.take(items["source"]) if items.num_rows else pa.array([], pa.string())).append_column(
             "file", files.take(task) if items.num_rows else pa.array([], pa.string())))
-        result = get_packer(self.mode)(PackInput(docs=docs, seq_len=self.seq_len, seed=self.seed,
-                                                 max_tokens=self.max_tokens, options=self.options,
+        seed = self.seed if rank == 0 else int(sort_keys(self.seed, np.array([rank]), np.array([1]))[0] >> 1)
+        result = get_packer(self.mode)(PackInput(docs=docs, seq_len=self.seq_len, seed=seed,
+                                                 max_tokens=self._max_tokens(rank), options=self.options,
                                                  source_options=self.source_options))
         seg = result.segments.join(pl.from_arrow(items.select(["key", "doc_id", "source", "offset"])), on="key",
                                    how="left").sort("row", "start")
@@ -284,10 +301,9 @@ class GlobalPack(PipelineStep):
             lost.append(result.copies.join(asked.rename({"n_copies": "asked"}), on="key").select(
                 "key", (pl.col("asked") - pl.col("n_copies")).alias("lost"), pl.lit(None, pl.Utf8).alias("reason")))
         outcome = pl.concat([x.cast({"key": pl.Int64, "lost": pl.Int32, "reason": pl.Utf8}) for x in lost])
-        write_plan(self.lay, 0, plan, outcome.to_arrow().cast(OUTCOME_SCHEMA),
-                   placed_tokens=int(seg["length"].sum() or 0), token_offset=0)
-        # rows of window packers are not cut from a concatenation: the writer takes the row count from here
-        write_json(self.lay.part("plan", 0, "rows.json"), {"n_rows": result.n_rows})
+        # rows of these packers are not cut from a concatenation: the writer takes the row count from the json
+        write_plan(self.lay, rank, plan, outcome.to_arrow().cast(OUTCOME_SCHEMA),
+                   placed_tokens=int(seg["length"].sum() or 0), token_offset=0, n_rows=result.n_rows)
         return iter(())
 
 
@@ -301,12 +317,26 @@ def pack_stages(ctx: BuildContext, lay: StageBLayout) -> list[Stage]:
                   description="cut rows", memory_bytes=ITEMS_PER_PARTITION * ITEM_BYTES),
         ]
     get_packer(ctx.spec.packing.get("mode", "concat"))  # an unknown mode fails before any stage runs
-    return [Stage("pack", [GlobalPack(ctx, lay)], 1, description=f"pack ({ctx.spec.packing.get('mode')})")]
+    return [
+        Stage("partition", [PartitionItems(lay)], lay.n_partitions,
+              description=f"split the documents into {lay.n_partitions} partition(s)",
+              memory_bytes=ITEMS_PER_PARTITION * ITEM_BYTES),
+        Stage("pack", [PackPartition(ctx, lay)], lay.n_partitions,
+              description=f"pack ({ctx.spec.packing.get('mode')}), {lay.n_partitions} partition(s)",
+              memory_bytes=ITEMS_PER_PARTITION * PACKER_ITEM_BYTES),
+    ]
 
 
 def plan_rows(lay: StageBLayout, seq_len: int) -> tuple[int, list[dict]]:
-    """(number of rows of the build, the plan parts' row ranges)."""
+    """(number of rows of the build, the plan parts' row ranges); each part gets the `row_offset` to add to its rows
+    (0 for concat, whose parts hold global rows)."""
     parts = [read_json(lay.part("plan", k, "json")) for k in range(lay.n_plan_parts)]
     if lay.concat:
+        for p in parts:
+            p["row_offset"] = 0
         return -(-sum(p["placed_tokens"] for p in parts) // seq_len), parts
-    return read_json(lay.part("plan", 0, "rows.json"))["n_rows"], parts
+    offset = 0
+    for p in parts:
+        p["row_offset"] = offset
+        offset += p["n_rows"]
+    return offset, parts

@@ -225,9 +225,20 @@ def answer_mask(tokens_len: int, offsets: list[tuple[int, int]], spans: list[tup
     return mask
 
 
+# every row of the per-file intermediate table, in this order
+INTERMEDIATE_SCHEMA = pa.schema([
+    ("doc_id", pa.string()), ("source", pa.string()), ("file", pa.string()), ("line", pa.int64()),
+    ("n_chars", pa.int64()), ("n_tokens", pa.int64()), ("status", pa.string()), ("reason", pa.string()),
+    ("detail", pa.string()), ("n_copies", pa.int32()), ("offset", pa.int64()),
+    *EXTRA_COLUMNS.items(),
+])
+INTERMEDIATE_ROW_GROUP = 1 << 14  # rows buffered before they go to parquet: stage A's memory, whatever the file size
+
+
 class WriteIntermediate(PipelineStep):
     """Stream tokens of this file's kept docs to a flat token file (`token_dtype`: uint16 when the vocabulary fits,
-    `pipelines.shards.format.token_dtype`) and every doc's row to parquet (atomically)."""
+    `pipelines.shards.format.token_dtype`) and every doc's row to parquet in row groups of INTERMEDIATE_ROW_GROUP
+    (atomically: all three files appear at the end)."""
 
     name = "💾 write intermediate"
     type = "💽 - WRITER"
@@ -242,11 +253,15 @@ class WriteIntermediate(PipelineStep):
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         os.makedirs(self.work_dir, exist_ok=True)
         docs_path, tok_path, mask_path = intermediate_paths(self.work_dir, rank)
-        cols: dict[str, list] = {k: [] for k in (
-            "doc_id", "source", "file", "line", "n_chars", "n_tokens", "status", "reason", "detail", "n_copies",
-            "offset", *EXTRA_COLUMNS)}
+        cols: dict[str, list] = {name: [] for name in INTERMEDIATE_SCHEMA.names}
         offset = 0
-        with open(tok_path + ".tmp", "wb") as tok_f, open(mask_path + ".tmp", "wb") as mask_f:
+        with open(tok_path + ".tmp", "wb") as tok_f, open(mask_path + ".tmp", "wb") as mask_f, \
+                pq.ParquetWriter(docs_path + ".tmp", INTERMEDIATE_SCHEMA) as rows_f:
+            def flush() -> None:
+                rows_f.write_table(pa.table(cols, schema=INTERMEDIATE_SCHEMA))
+                for values in cols.values():
+                    values.clear()
+
             for doc in data:
                 m = doc.metadata
                 tokens = m.pop("tokens", None)
@@ -266,15 +281,11 @@ class WriteIntermediate(PipelineStep):
                 for k in EXTRA_COLUMNS:
                     cols[k].append(m.get(k))
                 offset += n
+                if len(cols["doc_id"]) >= INTERMEDIATE_ROW_GROUP:
+                    flush()
                 yield doc
-        schema = pa.schema([
-            ("doc_id", pa.string()), ("source", pa.string()), ("file", pa.string()), ("line", pa.int64()),
-            ("n_chars", pa.int64()), ("n_tokens", pa.int64()), ("status", pa.string()), ("reason", pa.string()),
-            ("detail", pa.string()), ("n_copies", pa.int32()), ("offset", pa.int64()),
-            *EXTRA_COLUMNS.items(),
-        ])
-        table = pa.table(cols, schema=schema)
-        pq.write_table(table, docs_path + ".tmp")
+            if cols["doc_id"]:
+                flush()
         # tokens first, the parquet last: a parquet present means this file's intermediates are complete
         os.replace(tok_path + ".tmp", tok_path)
         os.replace(mask_path + ".tmp", mask_path)

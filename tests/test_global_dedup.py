@@ -126,7 +126,8 @@ def test_decisions_identical_for_any_workers_buckets_and_chunking(tmp_path: Path
     write_tasks(tmp_path, tasks)
     one = run(tmp_path, 6, workers=1, n_buckets=1)
     assert len(one) > 40
-    many = run(tmp_path, 6, workers=3, n_buckets=7, chunk_records=16)  # 16 records per sort: many sub-ranges
+    # 16 records per sort: many sub-ranges; 7 documents per sorted sign run: several runs per file
+    many = run(tmp_path, 6, workers=3, n_buckets=7, chunk_records=16, sign_run_docs=7)
     assert many == one
 
 

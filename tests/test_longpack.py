@@ -205,3 +205,30 @@ def test_long_sft_pads_rows_and_masks_exactly_the_answers(tmp_path, hub, tokeniz
     assert abs(n_pad_view - n_pad_shards) <= len(pad)  # rounding per source only
     conditions = dict(con.execute("SELECT source, condition FROM sources").fetchall())
     assert conditions["openmathinstruct-2"] == "no-files"  # not in the mirror (tests/test_fidelity.py renders it)
+
+
+def test_long_packing_runs_in_bounded_partitions_and_accounts_for_every_document(tmp_path, hub, monkeypatch):
+    """A build larger than one pack partition is packed partition by partition (each sees only its documents'
+    lengths): rows stay exact, every document is placed or dropped with a reason, the budget holds, and the
+    partition count -- from the data size -- does not change with the worker count."""
+    from pipelines import finalize
+
+    monkeypatch.setattr(finalize, "ITEMS_PER_PARTITION", 2_000)  # the mirror's long-64k inputs: several partitions
+    budget = 60 * L1
+    spec = scaled_spec("long-64k", tmp_path, seq_len=L1, sample=(0.5, 0.1))
+    one = build(spec, tmp_path / "w1", workers=1, max_tokens=budget)
+    plan_parts = list((one / "work").glob("*/stage_b/plan/*.json"))
+    assert len(plan_parts) >= 3, plan_parts
+    con = connect(one)
+    assert verify_build(one) == []
+    assert con.execute("SELECT sum(n_pad) FROM shards").fetchone()[0] == 0  # long rows: exactly seq_len, no padding
+    assert con.execute("SELECT count(*) FROM documents WHERE status = 'kept' AND doc_id NOT IN "
+                       "(SELECT doc_id FROM segments)").fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM documents WHERE status = 'dropped' AND reason IS NULL").fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM documents WHERE reason = 'over-share'").fetchone()[0] > 0
+    comp = dict(con.execute("SELECT source, n_tokens FROM composition").fetchall())
+    assert sum(comp.values()) <= budget
+    assert 0.30 * budget - len(plan_parts) * L1 <= comp["books"] <= 0.30 * budget  # within a row per partition
+    two = build(spec, tmp_path / "w2", workers=2, max_tokens=budget)
+    digest = lambda out: {p.name: p.read_bytes() for p in sorted((out / "shards").iterdir())}  # noqa: E731
+    assert digest(two) == digest(one)

@@ -19,8 +19,8 @@ packed best-fit-decreasing into rows and padded to exactly seq_len with the pad 
 samples longer than seq_len are dropped (`longer-than-seq-len`). The loss mask (answer tokens only) comes from the
 spine (stage A, `messages` answer spans). The manifest view `padding` reports the padding fraction per source.
 
-Both run as one task (`pipelines.packing.GlobalPack`) over the lengths of all kept documents: O(kept documents)
-state in one process (~50 B per document), never their tokens or text.
+Both run per pack partition (`pipelines.packing.PackPartition`) over the lengths of its kept documents, never their
+tokens or text; a build of up to ITEMS_PER_PARTITION documents is one partition, packed as one whole.
 
 Every packer places segments of a row contiguously from offset 0 and shuffles row order with the build seed.
 """
