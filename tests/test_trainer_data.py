@@ -147,3 +147,37 @@ def test_segments_that_do_not_tile_a_row_are_rejected(stage2_build, tmp_path):
     ds = PackedDataset(build)
     with pytest.raises(ValueError, match=rf"shard-00000\.npy row {row} do not tile"):
         ds[0]
+
+
+def test_index_read_in_record_batches_checks_rows_across_batches(stage2_build, tmp_path):
+    """Shard indexes are read a record batch at a time (the writer emits fixed-size batches): a row that straddles two
+    batches loads like one that does not, and a tiling error at a batch boundary is still found."""
+    import pyarrow as pa
+
+    from trainer.data_index import load_shard_index
+
+    build = _copy_build(stage2_build, tmp_path / "b")
+    idx_path = build / "shards/shard-00000.idx.arrow"
+    table = pa.ipc.open_file(str(idx_path)).read_all()
+    rows = table["row"].to_numpy()
+    multi = np.flatnonzero(np.bincount(rows) > 1)[0]
+    cut = int(np.flatnonzero(rows == multi)[1])  # between the first and second segment of a row with several
+
+    def write(t: pa.Table) -> None:
+        with pa.OSFile(str(idx_path), "wb") as sink, pa.ipc.new_file(sink, t.schema) as writer:
+            writer.write_table(t.slice(0, cut))
+            writer.write_table(t.slice(cut))
+
+    n_rows, seq_len = int(rows.max()) + 1, int((table["start"].to_numpy() + table["length"].to_numpy()).max())
+    shard = "shards/shard-00000.npy"
+    one_batch = load_shard_index(stage2_build, shard, n_rows, seq_len)
+    write(table)
+    assert pa.ipc.open_file(str(idx_path)).num_record_batches == 2
+    two_batches = load_shard_index(build, shard, n_rows, seq_len)
+    for field in ("row_first_seg", "seg_start", "seg_len", "covered"):
+        np.testing.assert_array_equal(getattr(two_batches, field), getattr(one_batch, field))
+    starts = table["start"].to_numpy().copy()
+    starts[cut] += 1  # the first segment of the second batch no longer follows the last of the first
+    write(table.set_column(table.schema.get_field_index("start"), "start", pa.array(starts)))
+    with pytest.raises(ValueError, match=rf"row {multi} do not tile"):
+        load_shard_index(build, shard, n_rows, seq_len)

@@ -37,32 +37,49 @@ def mask_path(build: Path, shard: str) -> Path:
     return build / shard.replace(".npy", ".mask.npy")
 
 
-def _read_index_columns(path: Path) -> dict[str, np.ndarray]:
-    import pyarrow as pa
-
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: shard index missing (every shard has one, docs/FORMAT.md)")
-    with pa.memory_map(str(path)) as source:  # zero-copy: only the three columns' pages are read
-        table = pa.ipc.open_file(source).read_all()
-        missing = [c for c in INDEX_COLUMNS if c not in table.column_names]
-        if missing:
-            raise ValueError(f"{path}: shard index lacks column(s) {missing}")
-        nulls = [c for c in INDEX_COLUMNS if table.column(c).null_count]
-        if nulls:
-            raise ValueError(f"{path}: shard index has nulls in column(s) {nulls}")
-        # copies, so nothing references the map once it is closed
-        return {c: table.column(c).to_numpy().astype(np.int64) for c in INDEX_COLUMNS}
-
-
 def load_shard_index(build: Path, shard: str, n_rows: int, seq_len: int) -> ShardIndex:
     """Read and check one shard's index (the format promises segments sorted by row then start that tile each row
-    from 0, with padding only at the end)."""
+    from 0, with padding only at the end). Memory-mapped and read a record batch at a time, only the `row, start,
+    length` columns: what stays is two int32 per segment, whatever the shard's size."""
+    import pyarrow as pa
+
     path = index_path(build, shard)
-    cols = _read_index_columns(path)
-    row, start, length = cols["row"], cols["start"], cols["length"]
-    if len(row) and (row.min() < 0 or row.max() >= n_rows):
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: shard index missing (every shard has one, docs/FORMAT.md)")
+    seg_start, seg_len = [], []
+    per_row = np.zeros(n_rows, dtype=np.int64)
+    covered = np.zeros(n_rows, dtype=np.int64)
+    last_row, last_end = -1, 0  # the previous batch's last segment: rows and tiling continue across batches
+    with pa.memory_map(str(path)) as source:  # zero-copy: only the three columns' pages are read
+        reader = pa.ipc.open_file(source)
+        missing = [c for c in INDEX_COLUMNS if c not in reader.schema.names]
+        if missing:
+            raise ValueError(f"{path}: shard index lacks column(s) {missing}")
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            nulls = [c for c in INDEX_COLUMNS if batch.column(c).null_count]
+            if nulls:
+                raise ValueError(f"{path}: shard index has nulls in column(s) {nulls}")
+            row, start, length = (batch.column(c).to_numpy().astype(np.int64) for c in INDEX_COLUMNS)
+            if not len(row):
+                continue
+            _check_segments(path, shard, row, start, length, n_rows, seq_len, last_row, last_end)
+            last_row, last_end = int(row[-1]), int(start[-1] + length[-1])
+            per_row += np.bincount(row, minlength=n_rows)
+            covered += np.bincount(row, weights=length, minlength=n_rows).astype(np.int64)
+            seg_start.append(start.astype(np.int32))
+            seg_len.append(length.astype(np.int32))
+    row_first_seg = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int64)
+    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int32)  # noqa: E731
+    return ShardIndex(row_first_seg, cat(seg_start), cat(seg_len), covered.astype(np.int32))
+
+
+def _check_segments(path: Path, shard: str, row: np.ndarray, start: np.ndarray, length: np.ndarray, n_rows: int,
+                    seq_len: int, last_row: int, last_end: int) -> None:
+    """One batch of an index: rows in range and sorted, lengths positive, segments tiling each row from 0."""
+    if row.min() < 0 or row.max() >= n_rows:
         raise ValueError(f"{path}: segment rows outside [0, {n_rows}) of {shard}")
-    if np.any(np.diff(row) < 0):
+    if row[0] < last_row or np.any(np.diff(row) < 0):
         raise ValueError(f"{path}: segments are not sorted by row")
     if np.any(length <= 0):
         i = int(np.argmax(length <= 0))
@@ -72,16 +89,14 @@ def load_shard_index(build: Path, shard: str, n_rows: int, seq_len: int) -> Shar
     expected = np.zeros_like(start)
     expected[1:] = start[:-1] + length[:-1]
     expected[first] = 0
-    end = start + length
-    bad = np.nonzero((expected != start) | (end > seq_len))[0]
+    if row[0] == last_row:
+        expected[0] = last_end
+    bad = np.nonzero((expected != start) | (start + length > seq_len))[0]
     if len(bad):
         i = int(bad[0])
         raise ValueError(f"{path}: segments of {shard} row {row[i]} do not tile the row "
                          f"(segment at start {start[i]} length {length[i]}, expected start {expected[i]}, "
                          f"row length {seq_len})")
-    row_first_seg = np.searchsorted(row, np.arange(n_rows + 1)).astype(np.int64)
-    covered = np.bincount(row, weights=length, minlength=n_rows).astype(np.int32)
-    return ShardIndex(row_first_seg, start.astype(np.int32), length.astype(np.int32), covered)
 
 
 class OpenShard:
