@@ -33,7 +33,7 @@ from pipelines.sources import HF_PREFIX, resolve_source
 from pipelines.spec import MixtureSpec
 from pipelines.stages import Stage
 from pipelines.steps import (
-    FileTask, ReadSourceFile, SampleByIdHash, WriteIntermediate,
+    FileTask, ReadSourceFile, SampleByIdHash, WriteIntermediate, worker_threads,
 )
 
 
@@ -187,7 +187,7 @@ def stage_a_pipeline(ctx: BuildContext) -> list[PipelineStep]:
 
     steps += [
         tokenize_step(ctx.spec.tokenization, ctx.tokenizer_path, ctx.eos_id, with_offsets=ctx.with_mask,
-                      pad_id=ctx.pad_id),
+                      pad_id=ctx.pad_id, threads=worker_threads(ctx.opts.executor, ctx.opts.workers, len(ctx.tasks))),
         WriteIntermediate(os.path.join(ctx.work_dir, "docs"), ctx.tasks, with_mask=ctx.with_mask,
                           token_dtype=token_dtype(ctx.vocab_size).name),
     ]
@@ -206,7 +206,7 @@ def plan_stages(ctx: BuildContext) -> list[Stage]:
     stages: list[Stage] = []
     if ctx.tasks:  # a mixture whose sources all matched nothing still gets its (empty) manifest
         stages.append(Stage("stage_a", stage_a_pipeline(ctx), len(ctx.tasks), kind="per-file",
-                            description=f"read + tokenize {len(ctx.tasks)} files"))
+                            description=f"read + tokenize {len(ctx.tasks)} files", start_method="forkserver"))
     from pipelines.dedup_stages import global_dedup_stages
 
     # ids, --exclude, dedup -> work/<hash>/decisions/; then stage B

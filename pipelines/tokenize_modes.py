@@ -77,8 +77,7 @@ class DolmaTokenize(Tokenize):
 
 
 def tokenize_step(mode: str, tokenizer_path: str, eos_id: int, with_offsets: bool,
-                  pad_id: int | None = None) -> Tokenize:
+                  pad_id: int | None = None, threads: int | None = None) -> Tokenize:
     """The stage-A tokenize step for a spec's `tokenization`."""
-    if mode == "dolma":
-        return DolmaTokenize(tokenizer_path, eos_id, with_offsets=with_offsets, pad_id=pad_id)
-    return Tokenize(tokenizer_path, eos_id, with_offsets=with_offsets, pad_id=pad_id)
+    cls = DolmaTokenize if mode == "dolma" else Tokenize
+    return cls(tokenizer_path, eos_id, with_offsets=with_offsets, pad_id=pad_id, threads=threads)

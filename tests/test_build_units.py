@@ -56,3 +56,25 @@ def test_slurm_executor_pass_through(tmp_path, monkeypatch):
     assert all(isinstance(e, SlurmPipelineExecutor) for e in executors) and len(executors) >= 3
     assert stage_a.world_size == len(ctx.tasks) == 25 and manifest.world_size == 1
     assert all(b.depends is a for a, b in zip(executors, executors[1:])) and stage_a.partition == "cpu"
+
+
+def test_local_workers_split_the_cores_for_the_tokenizer(monkeypatch):
+    """Several local workers on one machine each get cores / workers tokenizer threads (no oversubscription); a
+    cluster task or a single worker keeps the library default, and a user's own setting wins."""
+    import os
+
+    from pipelines.steps import limit_tokenizer_threads, worker_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert worker_threads("local", 2, 10) == 4
+    assert worker_threads("local", 16, 10) == 1  # 10 files: at most 10 workers run at once
+    assert worker_threads("local", 1, 10) is None and worker_threads("local", 4, 1) is None
+    assert worker_threads("slurm", 64, 1000) is None and worker_threads("ray", 8, 100) is None
+    monkeypatch.delenv("RAYON_NUM_THREADS", raising=False)
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    limit_tokenizer_threads(1)
+    assert os.environ["RAYON_NUM_THREADS"] == "1" and os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    monkeypatch.setenv("RAYON_NUM_THREADS", "3")
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM")
+    limit_tokenizer_threads(1)
+    assert os.environ["RAYON_NUM_THREADS"] == "3" and "TOKENIZERS_PARALLELISM" not in os.environ
