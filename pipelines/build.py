@@ -206,7 +206,7 @@ def plan_stages(ctx: BuildContext) -> list[Stage]:
     stages: list[Stage] = []
     if ctx.tasks:  # a mixture whose sources all matched nothing still gets its (empty) manifest
         stages.append(Stage("stage_a", stage_a_pipeline(ctx), len(ctx.tasks), kind="per-file",
-                            description=f"read + tokenize {len(ctx.tasks)} files", start_method="forkserver"))
+                            description=f"read + tokenize {len(ctx.tasks)} files"))
     from pipelines.dedup_stages import global_dedup_stages
 
     # ids, --exclude, dedup -> work/<hash>/decisions/; then stage B

@@ -179,7 +179,8 @@ def make_executor(stage: Stage, opts: ExecutorOptions, logging_dir: str, depends
         unknown = sorted(set(o) - {"start_method"})
         if unknown:
             raise ExecutorOptionError(f"--executor-opt {unknown} apply to slurm/ray, not the local executor")
-        o.setdefault("start_method", stage.start_method)
+        # datatrove's default `forkserver`: `fork` saves ~0.5 s per stage but deadlocks when the calling process
+        # already runs threads of polars or tokenizers (a second build in one Python session, a notebook)
         return LocalPipelineExecutor(pipeline=stage.pipeline, tasks=stage.tasks,
                                      workers=max(1, min(opts.workers, stage.tasks)), logging_dir=logging_dir,
                                      depends=depends, skip_completed=skip_completed, **o)

@@ -244,7 +244,8 @@ class ApplyDecisions(PipelineStep):
         """Which pack partition a document goes to (by sort-key range). `mds-rows` keeps whole input files together
         and in file order (its rows are the files' samples, in order); the others spread documents uniformly."""
         if self.mode == "mds-rows":
-            return (keys >> 32).astype(np.uint64) * np.uint64((1 << 64) // max(1, self.layout.n_tasks))
+            spacing = (1 << 64) // self.layout.n_tasks if self.layout.n_tasks > 1 else 0  # task t at t * spacing
+            return (keys >> 32).astype(np.uint64) * np.uint64(spacing)
         return sort_keys(self.seed, keys, np.zeros(len(keys), np.int64))
 
     def _contamination(self, docs: pa.Table, doc_id: pa.ChunkedArray) -> pa.Table:

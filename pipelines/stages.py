@@ -24,8 +24,4 @@ class Stage:
     # rough per-task needs for the dry-run and for sizing cluster jobs (0 = unknown)
     memory_bytes: int = 0
     disk_bytes: int = 0
-    # local executor: how worker processes start. `fork` starts in milliseconds (a pool per stage adds up on small
-    # builds); stage A keeps datatrove's `forkserver`: its tokenizer runs Rust threads that must not come from a
-    # forked parent that may have started its own
-    start_method: str = "fork"
     extra: dict = field(default_factory=dict)
