@@ -210,7 +210,20 @@ def plan_stages(ctx: BuildContext) -> list[Stage]:
     from pipelines.dedup_stages import global_dedup_stages
 
     # ids, --exclude, dedup -> work/<hash>/decisions/; then stage B
-    return stages + stage_b_stages(ctx, decide=global_dedup_stages(ctx))
+    global_stages = stage_b_stages(ctx, decide=global_dedup_stages(ctx))
+    if input_bytes(ctx) < IN_PROCESS_BELOW_BYTES:  # small build: the global stages' work is cheaper than a pool
+        for stage in global_stages:
+            stage.in_process = True
+    return stages + global_stages
+
+
+IN_PROCESS_BELOW_BYTES = 256 << 20  # input size below which the local executor runs the global stages in-process
+
+
+def input_bytes(ctx: BuildContext) -> int:
+    from pipelines.finalize import file_size
+
+    return sum(file_size(t.path) or 0 for t in ctx.tasks)
 
 
 def executor_options(ctx: BuildContext) -> ExecutorOptions:

@@ -181,8 +181,8 @@ def make_executor(stage: Stage, opts: ExecutorOptions, logging_dir: str, depends
             raise ExecutorOptionError(f"--executor-opt {unknown} apply to slurm/ray, not the local executor")
         # datatrove's default `forkserver`: `fork` saves ~0.5 s per stage but deadlocks when the calling process
         # already runs threads of polars or tokenizers (a second build in one Python session, a notebook)
-        return LocalPipelineExecutor(pipeline=stage.pipeline, tasks=stage.tasks,
-                                     workers=max(1, min(opts.workers, stage.tasks)), logging_dir=logging_dir,
+        workers = 1 if stage.in_process else max(1, min(opts.workers, stage.tasks))
+        return LocalPipelineExecutor(pipeline=stage.pipeline, tasks=stage.tasks, workers=workers, logging_dir=logging_dir,
                                      depends=depends, skip_completed=skip_completed, **o)
     if opts.kind == "slurm":
         cls = _slurm_executor_class()

@@ -24,4 +24,7 @@ class Stage:
     # rough per-task needs for the dry-run and for sizing cluster jobs (0 = unknown)
     memory_bytes: int = 0
     disk_bytes: int = 0
+    # local executor: run the tasks one after another in this process. For the global stages of a small build,
+    # where starting a pool of workers (~0.5 s: datatrove's forkserver) costs more than the tasks themselves
+    in_process: bool = False
     extra: dict = field(default_factory=dict)

@@ -52,6 +52,13 @@ sources:
     return spec
 
 
+def plan_of(spec: Path, out: Path) -> list:
+    from pipelines.build import BuildOptions, plan_stages, prepare
+    from pipelines.spec import load_spec
+
+    return plan_stages(prepare(load_spec(str(spec)), BuildOptions(out=str(out), workers=3, progress=False)))
+
+
 def hashes(out: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "shards").iterdir())}
 
@@ -69,7 +76,12 @@ def one_worker(corpus: Path, tmp_path_factory) -> Path:
     return build(corpus, tmp_path_factory.mktemp("w1") / "out", workers=1)
 
 
-def test_worker_count_does_not_change_a_byte(one_worker: Path, corpus: Path, tmp_path: Path):
+def test_worker_count_does_not_change_a_byte(one_worker: Path, corpus: Path, tmp_path: Path, monkeypatch):
+    from pipelines import build as build_module
+
+    assert all(s.in_process for s in plan_of(corpus, tmp_path / "plan")[1:])  # a small build: global stages in-process
+    monkeypatch.setattr(build_module, "IN_PROCESS_BELOW_BYTES", 0)  # ... here in pools of 3 worker processes
+    assert not any(s.in_process for s in plan_of(corpus, tmp_path / "plan"))
     three = build(corpus, tmp_path / "w3", workers=3)  # 3 partitions and 3 shard writers instead of 1
     assert len(hashes(one_worker)) > 6  # several shards, so rows straddle partitions and writer blocks
     assert hashes(three) == hashes(one_worker)
