@@ -321,13 +321,10 @@ class RunFile:
         return int.from_bytes(os.pread(self.fd, 8, self.offset + i * RECORD.itemsize), "little")
 
     def read(self, s: int, e: int) -> np.ndarray:
+        from pipelines.finalize import pread_into
+
         out = np.empty(e - s, RECORD)
-        view, done = memoryview(out).cast("B"), 0
-        while done < len(view):
-            n = os.preadv(self.fd, [view[done:]], self.offset + s * RECORD.itemsize + done)
-            if n <= 0:
-                raise OSError(f"{self.path}: shorter than its offsets say")
-            done += n
+        pread_into(self.fd, out, self.offset + s * RECORD.itemsize, self.path)
         return out
 
     def lower_bound(self, a: int, b: int, value: int) -> int:

@@ -115,6 +115,17 @@ def write_parquet(path: str, table: pa.Table, row_group_size: int | None = None)
     os.replace(tmp, path)
 
 
+def pread_into(fd: int, out: np.ndarray, offset: int, what: str) -> None:
+    """Fill `out` with the bytes of file `fd` at `offset` (a positional read: no memory map, whose pages would stay in
+    the reader's RSS)."""
+    view, done = memoryview(out).cast("B"), 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise OSError(f"{what}: shorter than expected (offset {offset + done})")
+        done += n
+
+
 def write_json(path: str, obj) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from datatrove.pipeline.base import PipelineStep
 
 from pipelines import _logging  # noqa: F401  (quiet datatrove console in every worker)
-from pipelines.finalize import StageBLayout, write_parquet
+from pipelines.finalize import StageBLayout, pread_into, write_parquet
 from pipelines.packing import PLAN_SCHEMA, plan_rows
 from pipelines.shards.format import INDEX_SCHEMA, TABLES, index_name, mask_name, shard_name, shard_path, token_dtype
 from pipelines.steps import intermediate_paths
@@ -60,9 +60,9 @@ class TokenFiles:
     def read_into(self, task: int, src: int, out: np.ndarray, mask_out: np.ndarray | None) -> None:
         """Tokens [src, src + len(out)) of task's file into `out` (and its mask into `mask_out`)."""
         tok_fd, mask_fd = self._fds(task)
-        _pread_exact(tok_fd, out, src * self.dtype.itemsize, task)
+        pread_into(tok_fd, out, src * self.dtype.itemsize, f"stage-A tokens of task {task}")
         if mask_out is not None:
-            _pread_exact(mask_fd, mask_out, src, task)
+            pread_into(mask_fd, mask_out, src, f"stage-A mask of task {task}")
 
     def close(self) -> None:
         for fds in self._open.values():
@@ -70,16 +70,6 @@ class TokenFiles:
                 if fd is not None:
                     os.close(fd)
         self._open.clear()
-
-
-def _pread_exact(fd: int, out: np.ndarray, offset: int, task: int) -> None:
-    view = memoryview(out).cast("B")
-    done = 0
-    while done < len(view):
-        n = os.preadv(fd, [view[done:]], offset + done)
-        if n <= 0:
-            raise OSError(f"stage-A intermediate of task {task} is shorter than its plan (offset {offset + done})")
-        done += n
 
 
 def shard_block(n_shards: int, n_writers: int, rank: int) -> range:
