@@ -133,6 +133,59 @@ def train_soup(cfg: TrainConfig, seeds: list[int], nproc: int) -> int:
     return 0
 
 
+def fail(message: str) -> None:
+    """A bad flag or input: one line on stderr, exit code 2 (never a traceback)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def print_memory_plan(preset: str | None, seq_len: int | None, sp: int | None, nproc: int, act_ckpt: bool,
+                      micro_batch: int | None) -> None:
+    """`train --plan`: the per-GPU memory plan of a preset, without data or a run."""
+    from trainer.plan import PlanConfig, plan_memory
+
+    name = preset or "tiny"
+    if name not in PRESETS:
+        fail(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    model_cfg = PRESETS[name].model
+    try:
+        pcfg = PlanConfig(seq_len=seq_len or model_cfg.seq_len, sp=sp or 1, world=nproc, act_ckpt=act_ckpt,
+                          micro_batch=micro_batch or 1)
+    except ValueError as e:
+        fail(str(e))
+    typer.echo(plan_memory(model_cfg, pcfg).format())
+
+
+def check_launch(data: Path | None, out: Path | None, nproc: int, sp: int | None) -> None:
+    """The flags every run needs, checked before anything is read."""
+    if data is None or out is None:
+        fail("--data and --out are required (unless --plan)")
+    if nproc < 1:
+        fail(f"--nproc must be >= 1, got {nproc}")
+    if sp is not None and (sp < 1 or nproc % sp):
+        fail(f"--sp {sp} must be >= 1 and divide --nproc {nproc}")
+    if not (data / "manifest.duckdb").exists():
+        fail(f"no manifest.duckdb in {data} (missing or unfinished build)")
+
+
+def resolve_config(cfg: TrainConfig, nproc: int, seed: int | None, seeds: str | None) -> tuple[TrainConfig, list[int]]:
+    """Seeds chosen and every setting checked (ValueError / FileNotFoundError) before any process starts."""
+    run_seeds = choose_seeds(cfg, seed, seeds)
+    cfg = dataclasses.replace(cfg, seed=run_seeds[0])
+    if cfg.init_from:
+        check_init_from(cfg.init_from, cfg.preset)
+    from trainer.train import resolve_run
+
+    world = nproc if "LOCAL_RANK" not in os.environ else int(os.environ.get("WORLD_SIZE", 1))
+    resolve_run(cfg, world)
+    return cfg, run_seeds
+
+
+def train_seeds(cfg: TrainConfig, seeds: list[int], nproc: int) -> int:
+    """One run, or a soup of one run per seed; the exit code."""
+    return train_soup(cfg, seeds, nproc) if len(seeds) > 1 else run_one(cfg, nproc)
+
+
 def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
@@ -222,32 +275,10 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                                            "--sp 4 --nproc 8 --act-ckpt.")] = False,
     ) -> None:
         """Train a decoder on a build with FSDP2, document masking and exact resume; --recipe selects a stage."""
-        def fail(message: str) -> None:
-            typer.echo(f"error: {message}", err=True)
-            raise typer.Exit(2)
-
         if plan:
-            from trainer.plan import PlanConfig, plan_memory
-
-            name = preset or "tiny"
-            if name not in PRESETS:
-                fail(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-            model_cfg = PRESETS[name].model
-            try:
-                pcfg = PlanConfig(seq_len=seq_len or model_cfg.seq_len, sp=sp or 1, world=nproc, act_ckpt=act_ckpt,
-                                  micro_batch=micro_batch or 1)
-            except ValueError as e:
-                fail(str(e))
-            typer.echo(plan_memory(model_cfg, pcfg).format())
+            print_memory_plan(preset, seq_len, sp, nproc, act_ckpt, micro_batch)
             return
-        if data is None or out is None:
-            fail("--data and --out are required (unless --plan)")
-        if nproc < 1:
-            fail(f"--nproc must be >= 1, got {nproc}")
-        if sp is not None and (sp < 1 or nproc % sp):
-            fail(f"--sp {sp} must be >= 1 and divide --nproc {nproc}")
-        if not (data / "manifest.duckdb").exists():
-            fail(f"no manifest.duckdb in {data} (missing or unfinished build)")
+        check_launch(data, out, nproc, sp)
         try:
             if recipe is not None:
                 get_recipe(recipe)
@@ -261,21 +292,10 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                 save_every=save_every, resume=str(resume) if resume else None, resume_step=resume_step,
                 init_from=init_from, peak_tflops=peak_tflops, log_every=log_every, progress=progress,
                 extra={"sp": sp} if sp else {})
-            run_seeds = choose_seeds(cfg, seed, seeds)
-            cfg = dataclasses.replace(cfg, seed=run_seeds[0])
-            if init_from:
-                check_init_from(init_from, preset)
-            from trainer.train import resolve_run
-
-            world = nproc if "LOCAL_RANK" not in os.environ else int(os.environ.get("WORLD_SIZE", 1))
-            resolve_run(cfg, world)  # every setting checked here, before any process starts
+            cfg, run_seeds = resolve_config(cfg, nproc, seed, seeds)
         except (ValueError, FileNotFoundError) as e:
             fail(str(e))
-        if len(run_seeds) > 1:
-            raise typer.Exit(train_soup(cfg, run_seeds, nproc))
-        rc = run_one(cfg, nproc)
-        if rc:
-            raise typer.Exit(rc)
+        raise typer.Exit(train_seeds(cfg, run_seeds, nproc))
 
     @app.command("merge")
     def merge_cmd(

@@ -51,7 +51,7 @@ def _columns(con, table: str) -> set[str]:
 
 def read_build(path: str | Path) -> BuildInfo:
     """The `build` and `shards` tables of a manifest (one row per shard: small whatever the build's size)."""
-    from pipelines.manifest import connect
+    from pipelines.shards.reader import connect
 
     path = Path(path)
     con = connect(path)

@@ -312,7 +312,7 @@ def _build_record(data: str | Path) -> tuple[str, str | None, int, int] | None:
     """(tokenizer, sha256, eos_id, pad_id) from a build's manifest, None when the build is not there."""
     if not (Path(data) / "manifest.duckdb").exists():
         return None
-    from pipelines.manifest import connect
+    from pipelines.shards.reader import connect
 
     con = connect(Path(data))
     try:
