@@ -1,22 +1,38 @@
 """End-to-end build throughput, stage-2 configuration (dedup + decontamination on), vs raw
 `tokenizers.Tokenizer.encode_batch_fast` (the fastest call `tokenizers` has) on the same documents, same run.
 
-The corpus is the mirror's stage-2 kinds of text (Dolmino dclm/wiki/flan, python-edu, DeepMind maths, open-web-math,
-starcoder) replicated into several files; every copy gets a distinct first line, so copies are not exact
-duplicates of each other (near-duplicates: MinHash still runs on everything and stage B drops them). The build
-reads, decompresses, parses, decontaminates (Instella's evaluation suite), signs for dedup, tokenizes, writes
-intermediates, dedups, packs, writes shards and the manifest; the baseline only tokenizes texts already in memory.
-The decontamination index is built (or taken from the cache) before the timed build, as in any build after the
-first; its build time is printed separately. The build runs in a child process: its CPU time (worker processes
-included, polled from /proc) and peak RSS come from getrusage and /proc. Wall-clock ratios swing widely on a machine
-shared with other work; the CPU-time ratio (baseline CPU seconds / build CPU seconds) compares two builds there.
-Target (issue 10): ratio >= 0.8.
+Workloads (`--workload`, default all three), each written into several `.json.gz` files with distinct ids:
 
-    python bench/build_throughput.py [--copies 4] [--workers 2] [--no-dedup-decontam] [--repeat 2]
+- `mixed`: the mirror's stage-2 kinds of text (Dolmino dclm/wiki/flan, python-edu, DeepMind maths, open-web-math,
+  starcoder), one file per copy; every copy gets a distinct first line, so copies are near-duplicates, not exact
+  ones (MinHash still runs on everything and stage B drops them). Issue 10's workload.
+- `web`: web text, most of a real stage 2: the Dolmino dclm, OLMoE dclm and Dolmino wiki texts of the mirror
+  (7,167 documents) in 6 files, each copy with a distinct first line (near-duplicates: every document is
+  tokenized, as in a stage 2 whose sources are already deduplicated).
+- `dedup-heavy`: the same web texts copied verbatim into 6 files (43,002 documents, 35,845 exact copies): issue 22's
+  0.60x measurement. A build that decides exact duplicates before tokenization tokenizes 1/6 of it.
+
+The build reads, decompresses, parses, decontaminates (Instella's evaluation suite), signs for dedup, tokenizes,
+writes intermediates, dedups, packs, writes shards and the manifest; the baseline only tokenizes texts already in
+memory (every document, duplicates included). The decontamination index is built (or taken from the cache) before
+the timed build, as in any build after the first; its build time is printed separately. The build runs in a child
+process: its CPU time (worker processes included, polled from /proc) and peak RSS come from getrusage and /proc.
+Wall-clock ratios swing widely on a machine shared with other work; the CPU-time ratio (baseline CPU seconds /
+build CPU seconds) compares two builds there. The load average is printed beside every result.
+
+After each workload the bench prints where the build's time went (from the best build's logs): every stage's wall
+clock and share, and inside each stage every step's time summed over its tasks (datatrove stats: worker seconds,
+which on 2 workers add up to about twice the stage's wall clock).
+
+Targets: issue 10, mixed >= 0.8x; issue 22, web and dedup-heavy >= 0.95x wall, dedup-heavy > 1x.
+
+    python bench/build_throughput.py [--workload mixed|web|dedup-heavy|all] [--workers 2] [--repeat 2]
+                                     [--no-dedup-decontam]
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import gzip
 import json
 import os
@@ -33,22 +49,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED = Path(os.environ.get("MIDTRAIN_SHARED", ROOT.parent / "shared" / "data"))
 TOKENIZER = SHARED / "tokenizers" / "allenai_eleuther-ai-gpt-neox-20b-pii-special.json"
-CORPUS_GLOBS = ("allenai/dolmino-mix-1124/data/dclm/**/*.json.zst", "allenai/dolmino-mix-1124/data/wiki/*.json.gz",
-                "allenai/dolmino-mix-1124/data/flan/*.json.gz", "HuggingFaceTB/smollm-corpus/python-edu/*.parquet",
-                "LLM360/TxT360/data/dm_maths/**/*.jsonl.gz", "allenai/OLMoE-mix-0924/data/open-web-math/*.jsonl.gz",
-                "allenai/OLMoE-mix-0924/data/starcoder/*.json.gz")
+MIXED_GLOBS = ("allenai/dolmino-mix-1124/data/dclm/**/*.json.zst", "allenai/dolmino-mix-1124/data/wiki/*.json.gz",
+               "allenai/dolmino-mix-1124/data/flan/*.json.gz", "HuggingFaceTB/smollm-corpus/python-edu/*.parquet",
+               "LLM360/TxT360/data/dm_maths/**/*.jsonl.gz", "allenai/OLMoE-mix-0924/data/open-web-math/*.jsonl.gz",
+               "allenai/OLMoE-mix-0924/data/starcoder/*.json.gz")
+WEB_GLOBS = ("allenai/dolmino-mix-1124/data/dclm/**/*.json.zst", "allenai/OLMoE-mix-0924/data/dclm/*.json.zst",
+             "allenai/dolmino-mix-1124/data/wiki/*.json.gz")
+# workload -> (source globs, copies, each copy gets a distinct first line)
+WORKLOADS = {"mixed": (MIXED_GLOBS, 4, True), "web": (WEB_GLOBS, 6, True), "dedup-heavy": (WEB_GLOBS, 6, False)}
+TARGETS = {"mixed": 0.80, "web": 0.95, "dedup-heavy": 1.0}
 
 
-def make_corpus(dest: Path, copies: int) -> list[str]:
+def make_corpus(dest: Path, globs: tuple[str, ...], copies: int, distinct: bool) -> list[str]:
+    """Write `copies` .json.gz files of the mirror texts matched by `globs` (ids distinct across files); returns every
+    document's text in build order. `distinct`: each copy's documents start with their own line, so copies are
+    near-duplicates, not exact ones."""
     from pipelines.formats import iter_records
 
     hub = SHARED / "hub"
-    files = [f for g in CORPUS_GLOBS for f in sorted(hub.glob(g))]
+    files = [f for g in globs for f in sorted(hub.glob(g))]
     texts = [r.text for f in files for r in iter_records(str(f)) if r.text]
     dest.mkdir(parents=True)
     all_texts = []
     for c in range(copies):  # each copy is a separate file with distinct ids, like more shards of the same source
-        copy = [f"copy {c} document {i}\n{t}" for i, t in enumerate(texts)]
+        copy = [f"copy {c} document {i}\n{t}" for i, t in enumerate(texts)] if distinct else texts
         lines = [json.dumps({"id": f"c{c}-{i}", "text": t}) for i, t in enumerate(copy)]
         (dest / f"part-{c:04d}.json.gz").write_bytes(gzip.compress("\n".join(lines).encode(), compresslevel=1))
         all_texts += copy
@@ -104,21 +128,137 @@ def self_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def load_average() -> str:
+    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+# The build, in a child process. Every stage's wall clock is taken around datatrove's executor.run (the stage name is
+# the last part of its logging folder), so the bench needs nothing from the build but its normal logs.
 BUILD = """
-import sys
+import sys, time
 sys.path.insert(0, {root!r})
+from datatrove.executor.local import LocalPipelineExecutor
+_run = LocalPipelineExecutor.run
+def _timed_run(self, *a, **k):
+    t0 = time.perf_counter()
+    try:
+        return _run(self, *a, **k)
+    finally:
+        print("STAGE", self.logging_dir.path.rstrip("/").rsplit("/", 1)[-1], time.perf_counter() - t0, flush=True)
+LocalPipelineExecutor.run = _timed_run
 from pipelines.build import BuildOptions, build_mixture
 from pipelines.spec import parse_spec
 spec = parse_spec({spec!r}, {spec_path!r})
+t0 = time.perf_counter()
 build_mixture(spec, BuildOptions(out={out!r}, workers={workers}, progress=False))
+print("TOTAL", time.perf_counter() - t0, flush=True)
 import resource
 print("MAIN_MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
 """
 
 
+def step_seconds(out: Path) -> dict[str, list[tuple[str, float]]]:
+    """{stage: [(step, seconds summed over the stage's tasks)]} from the datatrove stats of a finished build (every
+    step's `time_stats`; a step that tracks parts of its work separately adds `seconds:<part>` stats)."""
+    found: dict[str, list[tuple[str, float]]] = {}
+    for stage_dir in sorted(glob.glob(str(out / "work" / "*" / "logs" / "*"))):
+        totals: dict[str, float] = {}
+        for f in sorted(glob.glob(os.path.join(stage_dir, "stats", "*.json"))):
+            for step in json.load(open(f)):
+                name = step["name"].split(": ", 1)[-1]
+                totals[name] = totals.get(name, 0.0) + _total(step.get("time_stats"))
+                for label, v in step.get("stats", {}).items():
+                    if label.startswith("seconds:"):
+                        part = f"{name} / {label.split(':', 1)[1]}"
+                        totals[part] = totals.get(part, 0.0) + _total(v)
+        if totals:
+            found[os.path.basename(stage_dir)] = list(totals.items())
+    return found
+
+
+def _total(metric) -> float:
+    """A datatrove stat's total (saved as a bare number when it is the only field)."""
+    return float(metric.get("total", 0.0)) if isinstance(metric, dict) else float(metric or 0.0)
+
+
+def print_breakdown(stages: list[tuple[str, float]], total: float, steps: dict[str, list[tuple[str, float]]]) -> None:
+    print(f"  where the build's {total:.2f} s went (stage wall clock, share of the build; steps: seconds summed over "
+          "the stage's tasks, share of the stage's task seconds):")
+    accounted = 0.0
+    for name, secs in stages:
+        accounted += secs
+        print(f"    {name:<18} {secs:7.2f} s  {100 * secs / total:5.1f}%")
+        rows = steps.get(name, [])
+        whole = sum(s for n, s in rows if " / " not in n) or 1.0
+        for step, s in rows:
+            indent = "        " if " / " in step else "      "
+            print(f"{indent}{step:<40} {s:7.2f} s  {100 * s / whole:5.1f}%")
+    print(f"    {'outside stages':<18} {total - accounted:7.2f} s  {100 * (total - accounted) / total:5.1f}%  "
+          "(prepare, decontamination index copy, lock, input records)")
+
+
+def run_workload(name: str, args, tmp: Path, tok) -> None:
+    globs, copies, distinct = WORKLOADS[name]
+    texts = make_corpus(tmp / name / "data", globs, args.copies or copies, distinct)
+    n_bytes = sum(len(t.encode()) for t in texts)
+    extra = {} if args.no_dedup_decontam else {"dedup": {"exact": True, "minhash": True, "url": True},
+                                                "decontaminate": {"ngram": 13}}
+    spec = {"name": "bench", "seq_len": 4096, "tokenizer": str(TOKENIZER),
+            "sources": [{"name": "mix", "uri": str(tmp / name / "data" / "*.json.gz")}], **extra}
+    raw = {"wall": float("inf"), "cpu": float("inf")}
+    e2e = {"wall": float("inf"), "cpu": float("inf")}
+    n_tokens = rss_mb = worker_rss_mb = 0
+    best_breakdown, loads = None, []
+    for r in range(args.repeat):
+        loads.append(os.getloadavg()[0])
+        c0, t0 = self_cpu(), time.perf_counter()
+        encs = [e for i in range(0, len(texts), 4096)
+                for e in tok.encode_batch_fast(texts[i:i + 4096], add_special_tokens=False)]
+        raw = {"wall": min(raw["wall"], time.perf_counter() - t0), "cpu": min(raw["cpu"], self_cpu() - c0)}
+        n_tokens = sum(len(e.ids) for e in encs)  # outside the timing: the baseline is the encode call alone
+        del encs
+        out = tmp / name / f"out{r}"
+        code = BUILD.format(root=str(ROOT), spec=spec, spec_path=str(tmp / "bench.yaml"), out=str(out),
+                            workers=args.workers)
+        (c0, _), t0 = child_usage(), time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        poll = DescendantCPU(proc.pid)
+        poll.start()
+        stdout, _ = proc.communicate()
+        if proc.returncode:
+            raise SystemExit(f"build failed (exit {proc.returncode})")
+        (c1, _), wall = child_usage(), time.perf_counter() - t0
+        lines = stdout.splitlines()
+        rss_mb = max(rss_mb, max((int(ln.split()[1]) / 1024 for ln in lines if ln.startswith("MAIN_MAXRSS_KB")),
+                                 default=0.0))
+        if wall < e2e["wall"]:
+            stages = [(ln.split()[1], float(ln.split()[2])) for ln in lines if ln.startswith("STAGE ")]
+            total = next(float(ln.split()[1]) for ln in lines if ln.startswith("TOTAL "))
+            best_breakdown = (stages, total, step_seconds(out))
+        e2e = {"wall": min(e2e["wall"], wall), "cpu": min(e2e["cpu"], c1 - c0 + poll.total())}
+        worker_rss_mb = max(worker_rss_mb, poll.peak_rss_mb)
+        shutil.rmtree(out)
+
+    config = "dedup + decontamination OFF" if args.no_dedup_decontam else "stage-2: dedup + decontamination ON"
+    print(f"\n== workload {name}: {config}; documents {len(texts):,} ({len(set(texts)):,} distinct)  text "
+          f"{n_bytes / 1e6:.1f} MB  tokens {n_tokens:,}  workers {args.workers}  best of {args.repeat}  "
+          f"(1-min load average before each run: {', '.join(f'{x:.2f}' for x in loads)}; now {load_average()})")
+    print(f"raw tokenizers encode_batch_fast : {n_tokens / raw['wall']:12,.0f} tokens/s  ({raw['wall']:.2f} s wall, "
+          f"{raw['cpu']:.2f} s CPU)")
+    print(f"build-mixture end to end         : {n_tokens / e2e['wall']:12,.0f} tokens/s  ({e2e['wall']:.2f} s wall, "
+          f"{e2e['cpu']:.2f} s CPU, all processes)")
+    print(f"ratio end-to-end / raw, wall     : {raw['wall'] / e2e['wall']:.2f}x  (target >= {TARGETS[name]:.2f}x)")
+    print(f"ratio end-to-end / raw, CPU time : {raw['cpu'] / e2e['cpu']:.2f}x  (baseline CPU s / build CPU s, "
+          "rayon's thread overhead in both; compares builds on a shared machine)")
+    print(f"peak RSS: build main process {rss_mb:.0f} MB, largest worker {worker_rss_mb:.0f} MB")
+    if best_breakdown:
+        print_breakdown(*best_breakdown)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--copies", type=int, default=4, help="replications of the mirror text (one file each)")
+    ap.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all", help="which corpus to build")
+    ap.add_argument("--copies", type=int, default=0, help="files per workload (default: mixed 4, web 6)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-dedup-decontam", action="store_true", help="build without dedup and decontamination")
     ap.add_argument("--repeat", type=int, default=1, help="alternate baseline and build this many times; best of each")
@@ -130,56 +270,13 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="midtrain-bench-"))
     try:
-        texts = make_corpus(tmp / "data", args.copies)
-        n_bytes = sum(len(t.encode()) for t in texts)
         tok = Tokenizer.from_file(str(TOKENIZER))
-        extra = {} if args.no_dedup_decontam else {"dedup": {"exact": True, "minhash": True, "url": True},
-                                                    "decontaminate": {"ngram": 13}}
-        spec = {"name": "bench", "seq_len": 4096, "tokenizer": str(TOKENIZER),
-                "sources": [{"name": "mix", "uri": str(tmp / "data" / "*.json.gz")}], **extra}
-        if extra:
+        if not args.no_dedup_decontam:
             t0 = time.perf_counter()
-            build_decontam_index(DecontamConfig.from_spec(extra["decontaminate"], tmp), tmp / "index-warmup")
+            build_decontam_index(DecontamConfig.from_spec({"ngram": 13}, tmp), tmp / "index-warmup")
             print(f"decontamination index (cached after the first run): {time.perf_counter() - t0:.2f} s")
-
-        raw = {"wall": float("inf"), "cpu": float("inf")}
-        e2e = {"wall": float("inf"), "cpu": float("inf")}
-        n_tokens = rss_mb = worker_rss_mb = 0
-        for r in range(args.repeat):
-            c0, t0 = self_cpu(), time.perf_counter()
-            encs = [e for i in range(0, len(texts), 4096)
-                    for e in tok.encode_batch_fast(texts[i:i + 4096], add_special_tokens=False)]
-            raw = {"wall": min(raw["wall"], time.perf_counter() - t0), "cpu": min(raw["cpu"], self_cpu() - c0)}
-            n_tokens = sum(len(e.ids) for e in encs)  # outside the timing: the baseline is the encode call alone
-            del encs
-            out = tmp / f"out{r}"
-            code = BUILD.format(root=str(ROOT), spec=spec, spec_path=str(tmp / "bench.yaml"), out=str(out),
-                                workers=args.workers)
-            (c0, _), t0 = child_usage(), time.perf_counter()
-            proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-            poll = DescendantCPU(proc.pid)
-            poll.start()
-            stdout, _ = proc.communicate()
-            if proc.returncode:
-                raise SystemExit(f"build failed (exit {proc.returncode})")
-            (c1, _), wall = child_usage(), time.perf_counter() - t0
-            rss_mb = max(rss_mb, max((int(ln.split()[1]) / 1024 for ln in stdout.splitlines()
-                                      if ln.startswith("MAIN_MAXRSS_KB")), default=0.0))
-            e2e = {"wall": min(e2e["wall"], wall), "cpu": min(e2e["cpu"], c1 - c0 + poll.total())}
-            worker_rss_mb = max(worker_rss_mb, poll.peak_rss_mb)
-            shutil.rmtree(out)
-
-        config = "dedup + decontamination OFF" if args.no_dedup_decontam else "stage-2: dedup + decontamination ON"
-        print(f"{config}; documents {len(texts):,}  text {n_bytes / 1e6:.1f} MB  tokens {n_tokens:,}  "
-              f"workers {args.workers}  best of {args.repeat}")
-        print(f"raw tokenizers encode_batch_fast : {n_tokens / raw['wall']:12,.0f} tokens/s  ({raw['wall']:.2f} s wall, "
-              f"{raw['cpu']:.2f} s CPU)")
-        print(f"build-mixture end to end         : {n_tokens / e2e['wall']:12,.0f} tokens/s  ({e2e['wall']:.2f} s wall, "
-              f"{e2e['cpu']:.2f} s CPU, all processes)")
-        print(f"ratio end-to-end / raw, wall     : {raw['wall'] / e2e['wall']:.2f}x  (target >= 0.80x)")
-        print(f"ratio end-to-end / raw, CPU time : {raw['cpu'] / e2e['cpu']:.2f}x  (baseline CPU s / build CPU s, "
-              "rayon's thread overhead in both; compares builds on a shared machine)")
-        print(f"peak RSS: build main process {rss_mb:.0f} MB, largest worker {worker_rss_mb:.0f} MB")
+        for name in (WORKLOADS if args.workload == "all" else [args.workload]):
+            run_workload(name, args, tmp, tok)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
