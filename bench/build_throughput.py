@@ -64,7 +64,7 @@ def make_corpus(dest: Path, globs: tuple[str, ...], copies: int, distinct: bool)
     """Write `copies` .json.gz files of the mirror texts matched by `globs` (ids distinct across files); returns every
     document's text in build order. `distinct`: each copy's documents start with their own line, so copies are
     near-duplicates, not exact ones."""
-    from pipelines.formats import iter_records
+    from pipelines.read.formats import iter_records
 
     hub = SHARED / "hub"
     files = [f for g in globs for f in sorted(hub.glob(g))]
@@ -146,8 +146,9 @@ def _timed_run(self, *a, **k):
     finally:
         print("STAGE", self.logging_dir.path.rstrip("/").rsplit("/", 1)[-1], time.perf_counter() - t0, flush=True)
 LocalPipelineExecutor.run = _timed_run
-from pipelines.build import BuildOptions, build_mixture
-from pipelines.spec import parse_spec
+from pipelines.build.options import BuildOptions
+from pipelines.build.run import build_mixture
+from pipelines.build.spec import parse_spec
 spec = parse_spec({spec!r}, {spec_path!r})
 t0 = time.perf_counter()
 build_mixture(spec, BuildOptions(out={out!r}, workers={workers}, progress=False))
@@ -266,7 +267,7 @@ def main() -> None:
 
     from tokenizers import Tokenizer
 
-    from pipelines.decontam import DecontamConfig, build_decontam_index
+    from pipelines.decontam.ngram import DecontamConfig, build_decontam_index
 
     tmp = Path(tempfile.mkdtemp(prefix="midtrain-bench-"))
     try:
