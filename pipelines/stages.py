@@ -6,9 +6,13 @@ per-file stage (many small tasks) and the global stages (few tasks over all docu
 """
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
+from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 StageKind = Literal["per-file", "global"]
@@ -28,3 +32,61 @@ class Stage:
     # where starting a pool of workers (~0.5 s: datatrove's forkserver) costs more than the tasks themselves
     in_process: bool = False
     extra: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------ per-step timing
+_charged = [0.0]  # seconds of this process already attributed to some timed step (a nested step's time is its own)
+
+
+def _exclusive(call, stats) -> Iterator:
+    """Run `call()` (a step's `run`) and iterate its output, adding to `stats` (a datatrove TimingStats) the time
+    spent inside this step only: the time of the steps it pulls documents from is charged to them. datatrove chains
+    steps as nested generators, so a step's own time is its elapsed time minus what steps nested in it charged."""
+    clock = time.perf_counter
+    t0, c0 = clock(), _charged[0]
+    it = iter(call() or ())
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            item = _DONE
+        elapsed = clock() - t0
+        stats.update(elapsed - (_charged[0] - c0))
+        _charged[0] = c0 + elapsed
+        if item is _DONE:
+            return
+        yield item
+        t0, c0 = clock(), _charged[0]
+
+
+_DONE = object()
+
+
+class TimedStep(PipelineStep):
+    """A step whose own time goes to its datatrove `time_stats` (the `stats/NNNNN.json` of every task, merged into
+    the stage's `stats.json`): the time per step of every stage, without each step timing itself. Transparent
+    otherwise: same name, type and stats object as the step it wraps."""
+
+    def __init__(self, step: PipelineStep):
+        super().__init__()
+        self.step = step
+        self.stats = step.stats
+        self.name, self.type = step.name, step.type
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        return _exclusive(lambda: self.step.run(data, rank, world_size), self.stats.time_stats)
+
+
+def timed(pipeline: list[PipelineStep]) -> list[PipelineStep]:
+    return [s if isinstance(s, TimedStep) else TimedStep(s) for s in pipeline]
+
+
+@contextmanager
+def part_time(step: PipelineStep, part: str):
+    """Add the time of a block to the `seconds:<part>` stat of `step`: one step's time split into its parts (the
+    build-throughput bench prints them under the step)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        step.stat_update(f"seconds:{part}", value=time.perf_counter() - t0, unit="batch")

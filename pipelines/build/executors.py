@@ -17,6 +17,7 @@ per-file stage or to the global stages (e.g. `global.mem_per_cpu_gb=8 global.cpu
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -24,7 +25,7 @@ import threading
 from dataclasses import dataclass, field
 
 from pipelines.errors import OptionError
-from pipelines.stages import Stage
+from pipelines.stages import Stage, timed
 
 STAGE_KINDS = ("per-file", "global")
 EXECUTOR_KINDS = ("local", "slurm", "ray")
@@ -173,6 +174,7 @@ def make_executor(stage: Stage, opts: ExecutorOptions, logging_dir: str, depends
     """One datatrove executor for `stage`."""
     skip_completed = stage.kind == "per-file"
     o = opts.for_stage(stage.kind)
+    stage = dataclasses.replace(stage, pipeline=timed(stage.pipeline))  # every step's own time in its stats
     if opts.kind == "local":
         from datatrove.executor import LocalPipelineExecutor
 

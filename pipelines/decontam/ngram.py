@@ -586,8 +586,7 @@ class DecontaminationStep(PipelineStep):
         kept = [d for d in batch if d.metadata.get("status", "kept") == "kept"]
         if not kept:
             return
-        with self.track_time():
-            all_hits = self._index.hits_batch([d.text for d in kept], self.cfg.min_matches)
+        all_hits = self._index.hits_batch([d.text for d in kept], self.cfg.min_matches)
         for doc, hits in zip(kept, all_hits):
             if hits:
                 meta = doc.metadata

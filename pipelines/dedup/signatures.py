@@ -21,6 +21,7 @@ import xxhash
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
+from pipelines.stages import part_time
 from pipelines.text import (
     batches_by_chars,
     fold_exact,
@@ -183,14 +184,17 @@ class DedupSignatureStep(PipelineStep):
         kept = [d for d in batch if d.metadata.get("status", "kept") == "kept"]
         if not kept:
             return
-        with self.track_time():
-            bands = self._hasher.bands_batch([d.text for d in kept]) if self.cfg.minhash else [None] * len(kept)
-            for doc, b in zip(kept, bands):
-                meta = doc.metadata
-                meta["text_hash"] = exact_key(doc.text)
-                if self.cfg.minhash:
-                    meta["minhash"] = None if b is None else b.view(np.int64).tolist()
-                meta["url"] = url_of(doc.id, meta)
+        if self.cfg.minhash:
+            with part_time(self, "minhash"):
+                bands = self._hasher.bands_batch([d.text for d in kept])
+                for doc, b in zip(kept, bands):
+                    doc.metadata["minhash"] = None if b is None else b.view(np.int64).tolist()
+        with part_time(self, "exact keys"):
+            for doc in kept:
+                doc.metadata["text_hash"] = exact_key(doc.text)
+        with part_time(self, "urls"):
+            for doc in kept:
+                doc.metadata["url"] = url_of(doc.id, doc.metadata)
         self.stat_update("signed", value=len(kept))
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:

@@ -2,6 +2,7 @@
 """
 from __future__ import annotations
 
+import array
 import os
 
 import numpy as np
@@ -9,6 +10,7 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from pipelines import _logging  # noqa: F401  (quiet datatrove console in every worker)
+from pipelines.stages import part_time
 
 
 def text_tokenizer(tokenizer_path: str, control_ids: tuple[int, ...]):
@@ -88,12 +90,15 @@ class Tokenize(PipelineStep):
                 d.metadata["tokens"] = np.fromiter((*e.ids, self.eos_id), dtype=np.uint32)
                 d.metadata["offsets"] = e.offsets
         else:
-            encs = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-            for d, e in zip(kept, encs):
-                ids = np.empty(len(e.ids) + 1, dtype=np.uint32)
-                ids[:-1] = e.ids
-                ids[-1] = self.eos_id
-                d.metadata["tokens"] = ids
+            with part_time(self, "encode"):
+                encs = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+            with part_time(self, "ids to arrays"):
+                for d, e in zip(kept, encs):
+                    # `e.ids` builds a Python list on every access: read it once; array.array takes a list of ints
+                    # ~2x faster than numpy does, and numpy then wraps its buffer without a copy
+                    ids = array.array("I", e.ids)
+                    ids.append(self.eos_id)
+                    d.metadata["tokens"] = np.frombuffer(ids, dtype=np.uint32)
         self.stat_update("tokens", value=sum(len(d.metadata["tokens"]) for d in kept))
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
