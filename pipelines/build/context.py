@@ -12,6 +12,7 @@ from pathlib import Path
 from pipelines.build.options import BuildOptions
 from pipelines.build.inputs import stage_a_code_version
 from pipelines.build.spec import MixtureSpec
+from pipelines.dedup.copies import copies_enabled
 from pipelines.errors import SpecError
 from pipelines.read.registry import task_options
 from pipelines.read.remap import SourceMap
@@ -105,6 +106,8 @@ def prepare(spec: MixtureSpec, opts: BuildOptions) -> BuildContext:
         "with_mask": with_mask, "pad": pad_id, "format_version": 3,
         "code": stage_a_code_version(),
         **({"tokenization": spec.tokenization} if spec.tokenization != "default" else {}),
+        # exact copies decided before stage A are not tokenized (pipelines.dedup.copies)
+        **({"exact_copies": True} if copies_enabled(spec.dedup, tuple(opts.exclude), with_mask, tasks) else {}),
     }  # tasks carry each file's identity (size/mtime/ETag): an input changed in place gets a fresh work dir
     stage_a_hash = hashlib.sha256(json.dumps(stage_a, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return BuildContext(

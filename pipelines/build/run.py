@@ -84,11 +84,24 @@ def stage_b_stages(ctx: BuildContext, decide: list[Stage]) -> list[Stage]:
 
 
 
+def read_steps(ctx: BuildContext) -> list[PipelineStep]:
+    """Stage A's first steps: every record of the task's file, sampled (the copies pass runs the same ones)."""
+    return [ReadSourceFile(ctx.tasks, strict=ctx.opts.strict),
+            SampleByIdHash(ctx.seed, {s.name: s.sample for s in ctx.spec.sources})]
+
+
+def exact_copies(ctx: BuildContext) -> bool:
+    from pipelines.dedup.copies import copies_enabled
+
+    return copies_enabled(ctx.spec.dedup, tuple(ctx.opts.exclude), ctx.with_mask, ctx.tasks)
+
+
 def stage_a_pipeline(ctx: BuildContext) -> list[PipelineStep]:
-    steps: list[PipelineStep] = [
-        ReadSourceFile(ctx.tasks, strict=ctx.opts.strict),
-        SampleByIdHash(ctx.seed, {s.name: s.sample for s in ctx.spec.sources}),
-    ]
+    steps: list[PipelineStep] = read_steps(ctx)
+    if exact_copies(ctx):
+        from pipelines.dedup.copies import MarkExactCopies
+
+        steps.append(MarkExactCopies(ctx.work_dir))
     if ctx.spec.decontaminate is not None:
         from pipelines.decontam.ngram import DecontaminationStep
 
@@ -125,6 +138,16 @@ def _decontam_config(ctx: BuildContext):
 def plan_stages(ctx: BuildContext) -> list[Stage]:
     """The stages of this build, in order: the per-file stage, then the global stages."""
     stages: list[Stage] = []
+    if exact_copies(ctx):  # exact copies found from raw-text hashes before stage A, so it need not tokenize them
+        from pipelines.dedup import global_stages as dedup_stages
+        from pipelines.dedup.copies import CopiesConfig, copies_stages
+
+        n = len(ctx.tasks)
+        copies = copies_stages(CopiesConfig(ctx.work_dir, n, dedup_stages.n_buckets_for(n),
+                                            sign_run_docs=dedup_stages.SIGN_RUN_DOCS), read_steps(ctx))
+        for stage in copies[1:]:  # global stages: in-process for a small build, as the ones after stage A
+            stage.in_process = input_bytes(ctx) < IN_PROCESS_BELOW_BYTES
+        stages += copies
     if ctx.tasks:  # a mixture whose sources all matched nothing still gets its (empty) manifest
         stages.append(Stage("stage_a", stage_a_pipeline(ctx), len(ctx.tasks), kind="per-file",
                             description=f"read + tokenize {len(ctx.tasks)} files"))

@@ -486,7 +486,7 @@ class Clusters:
 DEDUP_REASONS = ("exact-dup", "url-dup", "near-dup")
 
 
-def _load_groups(cfg: GlobalDedupConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def load_groups(cfg: GlobalDedupConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every bucket's groups; band groups are collapsed to distinct member sets whenever the not yet collapsed
     part outgrows the collapsed one (amortised: each member is re-examined O(log) times)."""
     parts: dict[str, list] = {k: [] for k in KINDS}
@@ -512,7 +512,7 @@ def _drop_members(gid: np.ndarray, key: np.ndarray, gone: np.ndarray) -> tuple[n
     return gid[keep], key[keep]
 
 
-def _first_survives(gid: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def first_survives(gid: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(dropped keys, their group's first key) in groups where the lowest key survives."""
     if len(gid) == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64)
@@ -543,7 +543,7 @@ def _components(gid: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def cluster(cfg: GlobalDedupConfig) -> Clusters:
-    g = _load_groups(cfg)
+    g = load_groups(cfg)
     keys_held = len(np.unique(np.concatenate(
         [k[k >= 0] for _, k in g.values()] + [~k[(k < 0) & (k != EXCLUDED_MARK)] for _, k in g.values()])))
 
@@ -570,7 +570,7 @@ def cluster(cfg: GlobalDedupConfig) -> Clusters:
     dropped, parent, reason = [], [], []
     for r, name in enumerate(("exact", "url")):
         gid, key = _drop_members(*g[name], gone)
-        d, p = _first_survives(gid, key)
+        d, p = first_survives(gid, key)
         dropped.append(d), parent.append(p), reason.append(np.full(len(d), r, np.int8))
         gone = np.union1d(gone, d)
     d, p = _components(*_drop_members(*g["band"], gone))

@@ -185,9 +185,12 @@ class DedupSignatureStep(PipelineStep):
         if not kept:
             return
         if self.cfg.minhash:
+            # an exact copy of an earlier document (`copy_of`) is dropped as `exact-dup` before MinHash clusters
+            # are made: its bands could change nothing (pipelines.dedup.copies)
+            originals = [d for d in kept if "copy_of" not in d.metadata]
             with part_time(self, "minhash"):
-                bands = self._hasher.bands_batch([d.text for d in kept])
-                for doc, b in zip(kept, bands):
+                bands = self._hasher.bands_batch([d.text for d in originals]) if originals else []
+                for doc, b in zip(originals, bands):
                     doc.metadata["minhash"] = None if b is None else b.view(np.int64).tolist()
         with part_time(self, "exact keys"):
             for doc in kept:

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from datatrove.pipeline.base import PipelineStep
 
 from pipelines import _logging  # noqa: F401  (quiet datatrove console in every worker)
+from pipelines.dedup.copies import copy_token_counts
 from pipelines.dedup.decisions import decisions_path, doc_key, read_decisions
 from pipelines.io import write_parquet
 from pipelines.pack.layout import ITEM_SCHEMA, StageBLayout, sort_keys
@@ -65,10 +66,16 @@ class ApplyDecisions(PipelineStep):
         row0 = 0
         with pq.ParquetWriter(docs_tmp, DOC_PART_SCHEMA) as docs_out, \
                 pq.ParquetWriter(contam_tmp, TABLES["contamination"]) as contam_out:
-            for batch in pf.iter_batches(batch_size=APPLY_BATCH_ROWS, columns=list(APPLY_COLUMNS)):
-                docs = pa.Table.from_batches([batch])
+            columns = [*APPLY_COLUMNS, *(["copy_of"] if "copy_of" in pf.schema_arrow.names else [])]
+            for batch in pf.iter_batches(batch_size=APPLY_BATCH_ROWS, columns=columns):
+                docs = self._copies_token_counts(pa.Table.from_batches([batch]))
                 lo, hi = np.searchsorted(dec_idx, [row0, row0 + docs.num_rows])
                 part, doc_id, status, n_copies = self._apply(docs, dec.slice(lo, hi - lo), rank, row0)
+                if "copy_of" in docs.column_names:
+                    left = np.flatnonzero((status == "kept") & docs["copy_of"].is_valid().to_numpy(zero_copy_only=False))
+                    if len(left):  # an untokenized exact copy must have been dropped as exact-dup
+                        raise RuntimeError(f"task {rank} row {row0 + left[0]}: an exact copy decided before stage A "
+                                           "was kept by global dedup (its tokens were never written)")
                 docs_out.write_table(part)
                 contamination = self._contamination(docs, part["doc_id"])
                 if contamination.num_rows:
@@ -82,6 +89,21 @@ class ApplyDecisions(PipelineStep):
         write_parquet(lay.part("items", rank), table, row_group_size=65536)
         self.stat_update("documents", value=row0)
         return iter(())
+
+    def _copies_token_counts(self, docs: pa.Table) -> pa.Table:
+        """`n_tokens` of the kept exact copies stage A did not tokenize (`pipelines.dedup.copies`): their
+        original's, the count the manifest shows for them in a build that tokenizes everything."""
+        if "copy_of" not in docs.column_names or docs["copy_of"].null_count == docs.num_rows:
+            return docs
+        kept = pc.equal(docs["status"], "kept").to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(docs["copy_of"].is_valid().to_numpy(zero_copy_only=False) & kept)
+        if not len(rows):
+            return docs
+        originals = docs["copy_of"].take(pa.array(rows)).to_numpy().astype(np.int64)
+        n_tokens = docs["n_tokens"].to_pylist()
+        for row, n in zip(rows.tolist(), copy_token_counts(self.layout.work_dir, originals).tolist()):
+            n_tokens[row] = n
+        return docs.set_column(docs.column_names.index("n_tokens"), "n_tokens", pa.array(n_tokens, pa.int64()))
 
     def _apply(self, docs: pa.Table, dec: pa.Table, task: int, row0: int):
         """The documents part of rows [row0, row0 + len(docs)) of a task, with its decisions applied."""

@@ -78,9 +78,17 @@ class Tokenize(PipelineStep):
             self._tok = text_tokenizer(self.tokenizer_path, control)
         return self._tok
 
+    @staticmethod
+    def to_tokenize(batch: list[Document]) -> list[Document]:
+        """The kept documents of a batch that need tokens. Not: documents that arrive tokenized (pre-tokenized
+        MDS, SFT chat template), and exact copies of an earlier document of the build (`copy_of`, set by
+        `pipelines.dedup.copies`): global dedup drops them as `exact-dup` whatever their tokens are, and their
+        token count is taken from the document they copy."""
+        return [d for d in batch if d.metadata["status"] == "kept" and "tokens" not in d.metadata
+                and "copy_of" not in d.metadata]
+
     def _flush(self, batch: list[Document]) -> None:
-        # docs that arrive tokenized (pre-tokenized MDS, SFT chat template) keep their tokens
-        kept = [d for d in batch if d.metadata["status"] == "kept" and "tokens" not in d.metadata]
+        kept = self.to_tokenize(batch)
         if not kept:
             return
         texts = [d.text for d in kept]

@@ -56,7 +56,7 @@ class DolmaTokenize(Tokenize):
         return self._tok
 
     def _flush(self, batch: list[Document]) -> None:
-        kept = [d for d in batch if d.metadata["status"] == "kept" and "tokens" not in d.metadata]
+        kept = self.to_tokenize(batch)
         if not kept:
             return
         tok = self.tokenizer
