@@ -77,8 +77,9 @@ class TimedStep(PipelineStep):
         return _exclusive(lambda: self.step.run(data, rank, world_size), self.stats.time_stats)
 
 
-def timed(pipeline: list[PipelineStep]) -> list[PipelineStep]:
-    return [s if isinstance(s, TimedStep) else TimedStep(s) for s in pipeline]
+def timed(pipeline: list) -> list:
+    """The pipeline with every PipelineStep timed (datatrove also takes plain callables and data: left as they are)."""
+    return [TimedStep(s) if isinstance(s, PipelineStep) and not isinstance(s, TimedStep) else s for s in pipeline]
 
 
 @contextmanager

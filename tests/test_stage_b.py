@@ -81,7 +81,10 @@ def one_worker(corpus: Path, tmp_path_factory) -> Path:
 def test_worker_count_does_not_change_a_byte(one_worker: Path, corpus: Path, tmp_path: Path, monkeypatch):
     from pipelines.build import run as build_module
 
-    assert all(s.in_process for s in plan_of(corpus, tmp_path / "plan")[1:])  # a small build: global stages in-process
+    plan = plan_of(corpus, tmp_path / "plan")
+    assert [s.name for s in plan[:4]] == ["copies_sign", "copies_buckets", "copies_decide", "stage_a"]
+    # a small build: the global stages run in-process, the per-file passes over the input in worker pools
+    assert [s.in_process for s in plan] == [False, True, True, False] + [True] * (len(plan) - 4)
     monkeypatch.setattr(build_module, "IN_PROCESS_BELOW_BYTES", 0)  # ... here in pools of 3 worker processes
     assert not any(s.in_process for s in plan_of(corpus, tmp_path / "plan"))
     three = build(corpus, tmp_path / "w3", workers=3)  # 3 partitions and 3 shard writers instead of 1
