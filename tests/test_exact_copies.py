@@ -11,7 +11,6 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
-
 from conftest import TOKENIZER, build
 
 QUESTION = ("Natalia sold clips to forty eight of her friends in April and then she sold half as many clips in May "

@@ -43,10 +43,11 @@ from pipelines.dedup.global_stages import (
     SIGN_RUN_DOCS,
     GlobalDedupConfig,
     bucket_task,
-    load_groups,
     first_survives,
+    load_groups,
     offsets_path,
     partition_records,
+    save_npy_atomic,
 )
 from pipelines.stages import Stage
 from pipelines.steps.intermediate import intermediate_paths
@@ -75,13 +76,6 @@ class CopiesConfig:
 
 def copies_path(work_dir: str, task: int) -> str:
     return os.path.join(work_dir, COPIES_DIR, f"{task:05d}.npy")
-
-
-def _atomic_save(path: str, arr: np.ndarray) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------- stage 1
@@ -128,7 +122,7 @@ class SignRawTexts(PipelineStep):
             if keys or not run_offsets:
                 flush()
         os.replace(tmp, path)
-        _atomic_save(offsets_path(path), np.stack(run_offsets))
+        save_npy_atomic(offsets_path(path), np.stack(run_offsets))
         self.stat_update("signed", value=written)
         return iter(())
 
@@ -157,7 +151,7 @@ def decide_copies(cfg: CopiesConfig) -> int:
     os.makedirs(os.path.join(cfg.work_dir, COPIES_DIR), exist_ok=True)
     for t in range(cfg.n_tasks):
         sel = slice(cuts[t], cuts[t + 1])
-        _atomic_save(cfg.copies_path(t), np.stack([copy[sel] & 0xFFFFFFFF, first[sel]], axis=1).astype(np.int64))
+        save_npy_atomic(cfg.copies_path(t), np.stack([copy[sel] & 0xFFFFFFFF, first[sel]], axis=1).astype(np.int64))
     return len(copy)
 
 
