@@ -71,13 +71,22 @@ def _common_non_ascii() -> tuple[dict[int, str], dict[int, None], dict[int, str]
 _WS_TO_SPACE, _DELETE_SYMBOLS, _SEPARATORS_TO_SPACE = _common_non_ascii()
 
 
+_NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
+_LISTED_WS = frozenset(map(chr, _WS_TO_SPACE))
+_LISTED = _LISTED_WS | frozenset(map(chr, _DELETE_SYMBOLS))
+_LISTED_WS_CHAR = re.compile("[" + "".join(re.escape(c) for c in sorted(_LISTED_WS)) + "]")
+
+
 def _as_bytes_with_symbols(text: str) -> bytes | None:
     """Lower-cased UTF-8 of a text whose non-ASCII characters are all listed whitespace (made " ") or symbols (kept:
-    their bytes, all >= 0x80, are symbol bytes for `_BYTE_CLASS`); None for any other text."""
-    u = text.translate(_WS_TO_SPACE)
-    if not u.translate(_DELETE_SYMBOLS).isascii():
+    their bytes, all >= 0x80, are symbol bytes for `_BYTE_CLASS`); None for any other text. The non-ASCII
+    characters are found by a regex scan (C speed; `str.translate` with a dict costs ~8x more on web text)."""
+    found = set("".join(_NON_ASCII_RUN.findall(text)))
+    if not found <= _LISTED:
         return None
-    return u.lower().encode("utf-8")
+    if found & _LISTED_WS:
+        text = _LISTED_WS_CHAR.sub(" ", text)
+    return text.lower().encode("utf-8")
 # ASCII fast path: one bytes.translate (A-Z -> a-z, every other non-alphanumeric byte -> space), then split/join.
 _ASCII_WORDS = bytes(
     (c + 32 if 65 <= c <= 90 else c) if (48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122) else 32
