@@ -219,7 +219,7 @@ def copies_stages(cfg: CopiesConfig, read_steps: list[PipelineStep]) -> list[Sta
     are decided on must be stage A's)."""
     return [
         Stage("copies_sign", [*read_steps, SignRawTexts(cfg)], cfg.n_tasks, kind="per-file",
-              description=f"hash the raw texts of {cfg.n_tasks} files"),
+              description=f"hash the raw texts of {cfg.n_tasks} files", memory_bytes=256 << 20),
         Stage("copies_buckets", [GroupRawTexts(cfg)], cfg.n_buckets, kind="global",
               description=f"group equal raw texts in {cfg.n_buckets} buckets"),
         Stage("copies_decide", [DecideCopies(cfg)], 1, kind="global", description="exact copies per file"),
