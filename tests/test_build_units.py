@@ -54,7 +54,9 @@ def test_slurm_executor_pass_through(tmp_path, monkeypatch):
                         executor_options={"partition": "cpu", "time": "01:00:00"})
     ctx = prepare(load_spec("stage2"), opts)
     executors = make_executors(ctx)
-    stage_a, manifest = executors[0], executors[-1]
+    by_name = {e.logging_dir.path.rstrip("/").rsplit("/", 1)[-1]: e for e in executors}
+    stage_a, manifest = by_name["stage_a"], executors[-1]
+    assert executors[0] is by_name["copies_sign"] and executors[0].world_size == len(ctx.tasks)  # exact copies first
     assert all(isinstance(e, SlurmPipelineExecutor) for e in executors) and len(executors) >= 3
     assert stage_a.world_size == len(ctx.tasks) == 25 and manifest.world_size == 1
     assert all(b.depends is a for a, b in zip(executors, executors[1:])) and stage_a.partition == "cpu"
