@@ -154,4 +154,7 @@ def test_not_used_where_a_copy_could_survive(spec: Path, tmp_path: Path):
     assert not copies_enabled({"exact": False, "minhash": True}, (), False, [task])
     assert not copies_enabled(None, (), False, [task])
     assert not copies_enabled({"exact": True}, (), True, [task])  # loss masks (SFT)
-    assert not copies_enabled({"exact": True}, (), False, [FileTask(**{**task.__dict__, "fmt": "chat"})])
+    chat = FileTask(**{**task.__dict__, "fmt": "chat"})
+    fetched = FileTask(**{**task.__dict__, "fetch": {"uri": "s3://bucket/{blob_id}"}})
+    assert not copies_enabled({"exact": True}, (), False, [chat, fetched])
+    assert copies_enabled({"exact": True}, (), False, [chat, fetched, task])  # the plain files take part

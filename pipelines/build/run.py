@@ -140,11 +140,12 @@ def plan_stages(ctx: BuildContext) -> list[Stage]:
     stages: list[Stage] = []
     if exact_copies(ctx):  # exact copies found from raw-text hashes before stage A, so it need not tokenize them
         from pipelines.dedup import global_stages as dedup_stages
-        from pipelines.dedup.copies import CopiesConfig, copies_stages
+        from pipelines.dedup.copies import CopiesConfig, copies_stages, plain_task
 
         n = len(ctx.tasks)
         copies = copies_stages(CopiesConfig(ctx.work_dir, n, dedup_stages.n_buckets_for(n),
-                                            sign_run_docs=dedup_stages.SIGN_RUN_DOCS), read_steps(ctx))
+                                            sign_run_docs=dedup_stages.SIGN_RUN_DOCS), read_steps(ctx),
+                               [plain_task(t) for t in ctx.tasks])
         for stage in copies[1:]:  # global stages: in-process for a small build, as the ones after stage A
             stage.in_process = input_bytes(ctx) < IN_PROCESS_BELOW_BYTES
         stages += copies

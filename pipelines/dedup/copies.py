@@ -21,7 +21,7 @@ it and D is dropped as `exact-dup`, with the same `duplicate_of` as before (its 
 unchanged: D still has its exact key). A document dropped at the exact step takes part in no later step (URL,
 MinHash), so D's missing MinHash bands change nothing. D's `n_tokens` in the manifest is R's (the same text, the
 same tokens), filled in by the documents stage (`copy_token_counts`). Not enabled with `--exclude` (an excluded R
-would leave D the survivor), with chat or pre-tokenized sources, nor with loss masks.
+would leave D the survivor) nor with loss masks; chat, MDS and fetched sources take no part (`plain_task`).
 
 Memory: a sign task holds one run of `SIGN_RUN_DOCS` records; bucket tasks are the global dedup ones; the decide
 task holds the keys of the copies only (O(copies), as `dedup_clusters` holds the members of duplicate groups).
@@ -214,9 +214,31 @@ def copy_token_counts(work_dir: str, originals: np.ndarray) -> np.ndarray:
     return out
 
 
-def copies_stages(cfg: CopiesConfig, read_steps: list[PipelineStep]) -> list[Stage]:
+class OnlyPlainFiles(PipelineStep):
+    """Runs `step` for the plain-text files only (`plain_task`); the others (chat, MDS, fetched text) take no part
+    in the copies pass: nothing of theirs is read, so none of their documents is a copy or an original."""
+
+    def __init__(self, step: PipelineStep, plain: list[bool]):
+        super().__init__()
+        self.step, self.plain = step, plain
+        self.stats = step.stats
+        self.name, self.type = step.name, step.type
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        return self.step.run(data, rank, world_size) if self.plain[rank] else iter(())
+
+
+def plain_task(task) -> bool:
+    """A file whose stage-A text is its records' text as read (not chat-templated, MDS or fetched from elsewhere)."""
+    from pipelines.read.registry import EXTRA_FORMATS
+
+    return task.fmt not in EXTRA_FORMATS and task.fetch is None
+
+
+def copies_stages(cfg: CopiesConfig, read_steps: list[PipelineStep], plain: list[bool]) -> list[Stage]:
     """The stages before stage A. `read_steps`: stage A's read and sample steps (the rows and statuses the copies
-    are decided on must be stage A's)."""
+    are decided on must be stage A's); `plain`: which tasks take part (`plain_task`)."""
+    read_steps = [OnlyPlainFiles(read_steps[0], plain), *read_steps[1:]]
     return [
         Stage("copies_sign", [*read_steps, SignRawTexts(cfg)], cfg.n_tasks, kind="per-file",
               description=f"hash the raw texts of {cfg.n_tasks} files", memory_bytes=256 << 20),
@@ -229,8 +251,6 @@ def copies_stages(cfg: CopiesConfig, read_steps: list[PipelineStep]) -> list[Sta
 def copies_enabled(dedup: dict | bool | None, exclude: tuple[str, ...], with_mask: bool, tasks: list) -> bool:
     """Whether a build decides exact copies before stage A (see the module docstring for why only these)."""
     from pipelines.dedup.signatures import DedupConfig
-    from pipelines.read.registry import EXTRA_FORMATS
 
     cfg = DedupConfig.from_spec(dedup)
-    return bool(cfg and cfg.exact and not exclude and not with_mask and tasks
-                and all(t.fmt not in EXTRA_FORMATS and t.fetch is None for t in tasks))
+    return bool(cfg and cfg.exact and not exclude and not with_mask and any(plain_task(t) for t in tasks))
