@@ -71,6 +71,24 @@ if ! $PY cli.py train --help > "$LOG/cli_help.log" 2>&1; then
 fi
 $PY -c "import duckdb, typer; print('duckdb', duckdb.__version__, 'typer', getattr(typer, '__version__', '?'))"
 
+# the backend `auto` picks on this GPU must run (torch's varlen_attn changed signature between releases); if it
+# does not, the timed trainer runs below use flex instead and the failure is in varlen_probe.log
+BACKEND=auto
+if (( HAVE_GPU )); then
+  if ! timeout 120 $PY - > "$LOG/varlen_probe.log" 2>&1 <<'PYEOF'
+import torch
+from kernels.attention import resolve_backend, varlen_attention
+q = torch.randn(64, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+cu = torch.tensor([0, 20, 64], device="cuda", dtype=torch.int32)
+print("auto picks", resolve_backend(q))
+varlen_attention(q, q, q, cu, 44).sum().backward()
+torch.cuda.synchronize()
+print("auto backend forward+backward ok")
+PYEOF
+  then BACKEND=flex; fi
+  cat "$LOG/varlen_probe.log"; echo "trainer attention backend for the timed runs: $BACKEND"
+fi
+
 # ------------------------------------------------------------------------- phase A: correctness, concurrently
 KTESTS="tests/test_kernels_triton.py tests/test_kernels_loss.py tests/test_kernels_ops.py tests/test_kernels_plan.py tests/test_attention.py"
 part pytest_gpu 150 env TRITON_INTERPRET=0 $PY -m pytest -p no:cacheprovider -p bench.gpu_pytest_plugin -s -v -rA \
@@ -82,7 +100,7 @@ P2=$!
 if (( HAVE_GPU )); then
   part kernels_accuracy 120 $PY bench/kernels.py accuracy &
 else
-  part kernels_accuracy 120 env TRITON_INTERPRET=1 $PY bench/kernels.py accuracy --small &
+  part kernels_accuracy 120 env TRITON_INTERPRET=1 $PY bench/kernels.py accuracy &
 fi
 P3=$!
 part synth_build 60 $PY bench/gpu_synth_build.py "$WORK/build" --seq-len 1024 --tokens 800000
@@ -105,11 +123,11 @@ wait $P1 $P2 $P3
 # --------------------------------------------------------------------------- phase B: timed, one at a time
 if (( HAVE_GPU )); then
   part kernels_ops 90 $PY bench/kernels.py ops
-  part kernels_model 100 $PY bench/kernels.py model --preset instella-3b --seq-len 4096 --iters 10
-  part train_auto 90 train auto auto "$STEPS_AUTO"
+  part kernels_model 100 $PY bench/kernels.py model --preset instella-3b --seq-len 4096 --iters 10 --attn-backend $BACKEND
+  part train_auto 90 train auto $BACKEND "$STEPS_AUTO"
   part attention 90 $PY bench/gpu_attention.py --json "$LOG/attention.json"
   part train_throughput 200 $PY bench/train_throughput.py --preset instella-1b --seq-len 4096 --docs 8 --steps 5 \
-    --warmup 2 --attn-seq 0 --extra-backends flex --json "$LOG/train_throughput.json"
+    --warmup 2 --attn-seq 0 --attn-backend $BACKEND --extra-backends flex --json "$LOG/train_throughput.json"
 else  # CPU rehearsal: the same code paths at toy sizes
   part kernels_ops 120 env TRITON_INTERPRET=1 $PY bench/kernels.py ops --small
   part train_auto 200 train auto auto 2

@@ -183,9 +183,10 @@ def gpu_part1(args, batch, record: dict) -> dict[str, float]:
                             lambda bf16=bf16: hf_step(args.preset, batch, "cuda", bf16)))
     except ImportError:
         print("transformers is not installed: no HF baseline (pip install transformers); measuring ours only")
-    for dtype, comp, backend in [("fp32", False, "auto"), ("bf16", False, "auto")] + \
-            [("bf16", False, b) for b in args.extra_backends] + ([] if args.no_compile else [("bf16", True, "auto")]):
-        label = f"ours {dtype}{' + compile' if comp else ''}{'' if backend == 'auto' else ' ' + backend} (FSDP2)"
+    base = args.attn_backend
+    for dtype, comp, backend in [("fp32", False, base), ("bf16", False, base)] + \
+            [("bf16", False, b) for b in args.extra_backends] + ([] if args.no_compile else [("bf16", True, base)]):
+        label = f"ours {dtype}{' + compile' if comp else ''} {backend} (FSDP2)"
         configs.append((label, lambda d=dtype, c=comp, b=backend: ours_step(args.preset, batch, d, c, b)))
     results = {}
     for name, make in configs:
@@ -225,6 +226,8 @@ def main() -> None:
     ap.add_argument("--extra-backends", default="",
                     help="GPU only: comma-separated attention backends (flex, varlen, sdpa_loop) to time as extra "
                          "'ours bf16' configurations")
+    ap.add_argument("--attn-backend", default="auto",
+                    help="GPU only: attention backend of the 'ours' configurations (kernels.attention)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args()
     args.extra_backends = [b for b in args.extra_backends.split(",") if b]
