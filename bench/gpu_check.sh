@@ -5,15 +5,15 @@
 #
 # Environment: OUT (default: REPO/gpu_out), PY (default python3), GPU_CHECK_WHEELS (a folder with whl/ = wheels to
 # install into /tmp/site, e.g. duckdb, and whl_opt/ = wheels installed only if `cli.py train --help` fails, e.g.
-# typer + pydantic), GPU_CHECK_BUDGET (seconds for all parts, default 330). Every part has its own timeout (clamped
+# typer + pydantic), GPU_CHECK_BUDGET (seconds for all parts, default 370). Every part has its own timeout (clamped
 # to what is left of the budget), a failing part does not stop the others, and each part's log, rc and seconds are
 # kept. Without a GPU the GPU parts skip or fall back cleanly (a CPU rehearsal of the script).
 #
 # Parts: env + wheels; phase A (correctness, concurrently): kernel tests on the GPU (compiled Triton, tensors on
 # CUDA through bench/gpu_pytest_plugin.py), the same tests on CPU (interpreter), bench/kernels.py accuracy, a
 # synthetic build, `cli.py train` with the flex and sdpa_loop attention backends; phase B (timed, one at a time):
-# bench/kernels.py ops and model (instella-3b), `cli.py train` with the auto backend, bench/gpu_attention.py,
-# bench/train_throughput.py (instella-1b vs HF Llama). Output: $OUT/gpu_check.log, $OUT/summary.json,
+# bench/kernels.py ops and model (instella-3b), `cli.py train` with the auto backend,
+# bench/train_throughput.py (instella-1b vs HF Llama), bench/gpu_attention.py. Output: $OUT/gpu_check.log, $OUT/summary.json,
 # $OUT/logs.tar.gz (the device returns at most 8 files, so the logs travel as one archive).
 set -u -x
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,7 +22,7 @@ OUT=${OUT:-$REPO/gpu_out}
 LOG=$OUT/logs
 WORK=${GPU_CHECK_WORK:-/tmp/gpu_check_work}
 PY=${PY:-python3}
-BUDGET=${GPU_CHECK_BUDGET:-330}
+BUDGET=${GPU_CHECK_BUDGET:-370}
 STEPS_AUTO=${GPU_CHECK_STEPS:-40}
 START=$(date +%s)
 rm -rf "$WORK" "$LOG"; mkdir -p "$OUT" "$LOG" "$WORK"
@@ -122,12 +122,12 @@ wait $P1 $P2 $P3
 
 # --------------------------------------------------------------------------- phase B: timed, one at a time
 if (( HAVE_GPU )); then
-  part kernels_ops 90 $PY bench/kernels.py ops
-  part kernels_model 100 $PY bench/kernels.py model --preset instella-3b --seq-len 4096 --iters 10 --attn-backend $BACKEND
-  part train_auto 90 train auto $BACKEND "$STEPS_AUTO"
-  part attention 90 $PY bench/gpu_attention.py --json "$LOG/attention.json"
-  part train_throughput 200 $PY bench/train_throughput.py --preset instella-1b --seq-len 4096 --docs 8 --steps 5 \
+  part kernels_ops 60 $PY bench/kernels.py ops
+  part kernels_model 80 $PY bench/kernels.py model --preset instella-3b --seq-len 4096 --iters 10 --attn-backend $BACKEND
+  part train_auto 60 train auto $BACKEND "$STEPS_AUTO"
+  part train_throughput 170 $PY bench/train_throughput.py --preset instella-1b --seq-len 4096 --docs 8 --steps 5 \
     --warmup 2 --attn-seq 0 --attn-backend $BACKEND --extra-backends flex --json "$LOG/train_throughput.json"
+  part attention 75 $PY bench/gpu_attention.py --reps 7 --json "$LOG/attention.json"
 else  # CPU rehearsal: the same code paths at toy sizes
   part kernels_ops 120 env TRITON_INTERPRET=1 $PY bench/kernels.py ops --small
   part train_auto 200 train auto auto 2

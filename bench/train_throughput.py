@@ -170,9 +170,9 @@ def _gpu_time(step, warmup: int, steps: int) -> tuple[float, float]:
     return statistics.median(times), min(times)
 
 
-def gpu_part1(args, batch, record: dict) -> dict[str, float]:
+def gpu_part1(args, batch, record: dict, save=lambda: None) -> dict[str, float]:
     """Each configuration alone on the GPU: build, warm up (compilation happens here), time, free. Failures are
-    reported and skipped."""
+    reported and skipped; `save` is called after each configuration (partial results survive a timeout)."""
     configs: list[tuple[str, callable]] = []
     try:
         import transformers
@@ -208,6 +208,7 @@ def gpu_part1(args, batch, record: dict) -> dict[str, float]:
             del step
             gc.collect()
             torch.cuda.empty_cache()
+            save()
     return results
 
 
@@ -285,7 +286,12 @@ def gpu_main(args, m, batch) -> None:
     record = {"device": name, "preset": args.preset, "seq_len": args.seq_len, "docs": args.docs,
               "params_m": m.n_params() / 1e6, "step_tflop": flops / 1e12, "peak_tflops": peak / 1e12 if peak else None,
               "torch": torch.__version__, "configs": {}}
-    results = gpu_part1(args, batch, record["configs"])
+
+    def save() -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps(record, indent=2))
+
+    results = gpu_part1(args, batch, record["configs"], save)
     parallel.cleanup()
     base = min((v for k, v in results.items() if k.startswith("HF")), default=None)
     print(f"\n{'configuration':<62} {'s/step':>8} {'tokens/s':>10} {'MFU':>6} {'vs best HF':>10}")
@@ -310,8 +316,7 @@ def gpu_main(args, m, batch) -> None:
         for aname, sec in attn.items():
             print(f"{aname:<40} {sec * 1e3:8.2f} ms  {ref / sec:5.2f}x vs full causal")
         record["attention_ms"] = {k: v * 1e3 for k, v in attn.items()}
-    if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2))
+    save()
 
 
 if __name__ == "__main__":
