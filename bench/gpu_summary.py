@@ -39,7 +39,7 @@ def run_metrics(run: Path, skip: int = 5) -> dict:
     tps = [r["tokens_per_s"] for r in steady]
     mfu = [r["mfu"] for r in steady if r.get("mfu") is not None]
     return {"steps": len(rows), "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"],
-            "tokens_per_step": rows[-1]["n_tokens"], "median_tokens_per_s_after_step_%d" % skip: statistics.median(tps),
+            "tokens_per_step": rows[-1]["n_tokens"], f"median_tokens_per_s_after_step_{skip}": statistics.median(tps),
             "median_mfu": statistics.median(mfu) if mfu else None,
             "loss_finite": all(r["loss"] == r["loss"] for r in rows)}
 

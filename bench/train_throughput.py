@@ -178,9 +178,9 @@ def gpu_part1(args, batch, record: dict, save=lambda: None) -> dict[str, float]:
         import transformers
 
         for bf16 in (False, True):
-            configs.append((f"HF LlamaForCausalLM {'bf16 autocast' if bf16 else 'fp32'} "
-                            f"(transformers {transformers.__version__})",
-                            lambda bf16=bf16: hf_step(args.preset, batch, "cuda", bf16)))
+            label = (f"HF LlamaForCausalLM {'bf16 autocast' if bf16 else 'fp32'} "
+                     f"(transformers {transformers.__version__})")
+            configs.append((label, lambda bf16=bf16: hf_step(args.preset, batch, "cuda", bf16)))
     except ImportError:
         print("transformers is not installed: no HF baseline (pip install transformers); measuring ours only")
     base = args.attn_backend
