@@ -48,6 +48,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         dtype: Annotated[str, typer.Option(help=f"Weight dtype: {' | '.join(DTYPES)}.")] = "float32",
     ) -> None:
         """Export a run's weights as a Hugging Face checkpoint (with tokenizer) for evaluation tools."""
+        from trainer.ckpt_files import DiskFullError
         from trainer.hf import HFFormatError, export_hf, resolve_export_tokenizer
 
         if format not in FORMATS:
@@ -59,7 +60,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         try:
             tok = resolve_export_tokenizer(run, tokenizer)
             export_hf(run, out, format, tokenizer=tokenizer, dtype=dtype)
-        except (HFFormatError, FileNotFoundError, ValueError) as e:
+        except (HFFormatError, FileNotFoundError, ValueError, DiskFullError) as e:  # CheckpointError included
             _fail(str(e))
         typer.echo(f"exported {run} -> {out} ({format}, {dtype}); tokenizer {tok.path.name} from {tok.source}, "
                    f"EOS {tok.eos_id}, pad {tok.pad_id}")
