@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 import torch.nn as nn
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_model_state_dict, set_state_dict)
@@ -110,8 +111,8 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
             entries = hash_files(tmp, [p.name for p in tmp.iterdir()
                                        if p.name.startswith(f"__{rank}_") or p.name == rng.name
                                        or (rank == 0 and p.name == ".metadata")])
-        except Exception as e:  # noqa: BLE001 (sorted out below, on every rank together)
-            error = e
+        except (Exception, CheckpointException) as e:  # noqa: BLE001 (sorted out below, on every rank together)
+            error = e  # DCP's CheckpointException is a BaseException
     _fail_together(error, tmp, need, rank)
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, entries)
