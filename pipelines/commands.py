@@ -256,12 +256,31 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
 
     @app.command("verify")
     def verify_cmd(out: Annotated[Path, typer.Argument(help="A build's output directory.")]) -> None:
-        """Re-hash every shard and reconcile the manifest's counts with the shard files."""
+        """Re-hash every file the trainer reads and reconcile every count of the manifest; restores a build whose
+        swap was interrupted first. Holds the build's lock (it may change OUT). On success it leaves
+        OUT/verified.json, which the trainer checks cheaply at start."""
+        from pipelines.build.lock import out_lock
+        from pipelines.errors import OutputDirError
+        from pipelines.shards.reader import write_verified_marker
+        from pipelines.shards.swap import recover_interrupted_swap
         from pipelines.shards.verify import verify_build
 
-        if not (out / "manifest.duckdb").is_file():
-            _fail(f"{out}: no manifest.duckdb there (not a build output directory, or the build did not finish)")
-        problems = verify_build(out)
+        if not out.is_dir():
+            _fail(f"{out}: no such directory")
+        try:
+            with out_lock(out):
+                recovered = recover_interrupted_swap(out)
+                if recovered:
+                    console.print(f"[yellow]![/] {out}: {recovered}")
+                if not (out / "manifest.duckdb").is_file():
+                    _fail(f"{out}: no manifest.duckdb there (not a build output directory, or the build did not "
+                          "finish)")
+                (out / "verified.json").unlink(missing_ok=True)
+                problems = verify_build(out)
+                if not problems:
+                    write_verified_marker(out)
+        except OutputDirError as e:
+            _fail(str(e))
         if problems:
             for p in problems:
                 console.print(f"[red]✗[/] {p}")

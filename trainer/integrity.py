@@ -24,11 +24,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numpy.lib import format as npy_format
 
-from pipelines.shards.format import index_path_of, mask_path_of, sha256_file
-from pipelines.shards.reader import connect
+from pipelines.shards.format import VERIFIED_MARKER, file_stats, index_path_of, mask_path_of, sha256_file
+from pipelines.shards.reader import (BuildFingerprint, ShardRecord, build_fingerprint, read_shard_records,
+                                     trainer_files, write_verified_marker)
 
-VERIFIED_MARKER = "verified.json"  # written by `cli.py verify` on success (pipelines' verify)
-HASH_COLUMNS = ("sha256", "index_sha256", "mask_sha256")  # shard, index, mask hashes (the last two in newer builds)
+__all__ = ["BuildFingerprint", "ShardRecord", "build_fingerprint", "read_shard_records", "trainer_files",
+           "write_verified_marker"]  # the build's identity is part of the format: pipelines.shards.reader
 
 
 class DataError(ValueError):
@@ -37,57 +38,6 @@ class DataError(ValueError):
 
 class BuildChangedError(DataError):
     """The build was replaced (or its files changed) under this run or between a checkpoint and its resume."""
-
-
-@dataclass(frozen=True)
-class BuildFingerprint:
-    """Identity of a build's content: its spec hash and every file the trainer reads, by hash (from the manifest)."""
-
-    fingerprint: str  # sha256 over spec_hash and (path, hashes) of every shard
-    spec_hash: str
-    n_shards: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class ShardRecord:
-    path: str
-    n_rows: int
-    n_segments: int | None
-    hashes: dict[str, str | None]  # column -> hash (None where the build did not record it)
-
-
-def _columns(con, table: str) -> set[str]:
-    return {r[0] for r in con.execute("select column_name from information_schema.columns where table_name = ?",
-                                      [table]).fetchall()}
-
-
-def read_shard_records(build: str | Path) -> tuple[str, str, bool, list[ShardRecord]]:
-    """(spec_hash, dtype, has_loss_mask, shards) from the manifest; only the small `build` and `shards` tables."""
-    con = connect(build)
-    try:
-        bcols, scols = _columns(con, "build"), _columns(con, "shards")
-        spec_hash, dtype = con.execute("select spec_hash, dtype from build").fetchone()
-        has_mask = bool(con.execute("select has_loss_mask from build").fetchone()[0]) \
-            if "has_loss_mask" in bcols else False
-        hash_cols = [c for c in HASH_COLUMNS if c in scols]
-        seg = "n_segments" if "n_segments" in scols else "null"
-        rows = con.execute(f"select path, n_rows, {seg}, {', '.join(hash_cols)} from shards order by path").fetchall()
-    finally:
-        con.close()
-    shards = [ShardRecord(r[0], int(r[1]), None if r[2] is None else int(r[2]),
-                          {c: r[3 + i] for i, c in enumerate(hash_cols)}) for r in rows]
-    return str(spec_hash), str(dtype), has_mask, shards
-
-
-def build_fingerprint(build: str | Path) -> BuildFingerprint:
-    spec_hash, _, _, shards = read_shard_records(build)
-    h = hashlib.sha256(f"spec {spec_hash}\n".encode())
-    for s in shards:
-        h.update(f"{s.path} {s.n_rows} {json.dumps(s.hashes, sort_keys=True)}\n".encode())
-    return BuildFingerprint(h.hexdigest(), spec_hash, len(shards))
 
 
 def check_resume_build(saved: dict | None, current: BuildFingerprint, checkpoint: Path, build: str,
@@ -266,34 +216,6 @@ def _check_index(build: Path, s: ShardRecord) -> list[str]:
     return problems
 
 
-def _file_stats(build: Path, rels: list[str]) -> dict[str, list[int]]:
-    return {rel: [(st := (build / rel).stat()).st_size, st.st_mtime_ns] for rel in rels if (build / rel).exists()}
-
-
-def trainer_files(build: str | Path) -> list[str]:
-    """Every file of a build the trainer reads, relative to the build: shards, their indexes and masks."""
-    build = Path(build)
-    _, _, _, shards = read_shard_records(build)
-    rels = []
-    for s in shards:
-        rels += [s.path, str(index_path_of(s.path))]
-        if (build / mask_path_of(s.path)).exists():
-            rels.append(str(mask_path_of(s.path)))
-    return rels
-
-
-def write_verified_marker(build: str | Path) -> Path:
-    """Record that `verify` passed: the fingerprint and the size and mtime of every file the trainer reads, so a
-    trainer can tell cheaply whether a file changed since (written by `cli.py verify`)."""
-    build = Path(build)
-    marker = {"fingerprint": build_fingerprint(build).fingerprint,
-              "files": _file_stats(build, trainer_files(build))}
-    tmp = build / (VERIFIED_MARKER + ".tmp")
-    tmp.write_text(json.dumps(marker, indent=1))
-    os.replace(tmp, build / VERIFIED_MARKER)
-    return build / VERIFIED_MARKER
-
-
 def _check_verified_marker(build: Path, fp: BuildFingerprint) -> list[str]:
     path = build / VERIFIED_MARKER
     if not path.exists():
@@ -306,7 +228,7 @@ def _check_verified_marker(build: Path, fp: BuildFingerprint) -> list[str]:
     if marker.get("fingerprint") != fp.fingerprint:
         return [f"{path}: the build was verified with another manifest (fingerprint "
                 f"{str(marker.get('fingerprint'))[:12]}, now {fp.fingerprint[:12]}): the manifest changed since"]
-    now = _file_stats(build, list(files))
+    now = file_stats(build, list(files))
     return [f"{build / rel}: changed since `verify` passed (size/mtime {now.get(rel)} vs {files[rel]})"
             for rel in sorted(files) if now.get(rel) != files[rel]]
 
