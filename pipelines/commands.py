@@ -236,18 +236,36 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             except (InputError, FileNotFoundError) as e:
                 _fail(str(e))
             return
+        from pipelines.io import free_bytes, is_disk_full, remove_partial_files
+
+        free_at_start = free_bytes(out)
         try:
-            opts.check()
-            build_mixture(spec, opts)
-        except (InputError, FileNotFoundError) as e:
-            _fail(str(e))
-        except StageFailed as e:
-            console.print(f"[bold red]build failed:[/] {e}")
-            raise typer.Exit(1)
-        except ValueError as e:
-            if strict or "unknown" in str(e):
+            try:
+                opts.check()
+                build_mixture(spec, opts)
+            except (InputError, FileNotFoundError) as e:
+                if is_disk_full(e):
+                    raise
                 _fail(str(e))
-            raise
+            except StageFailed as e:
+                if is_disk_full(e):
+                    raise
+                console.print(f"[bold red]build failed:[/] {e}")
+                raise typer.Exit(1)
+            except ValueError as e:
+                if strict or "unknown" in str(e):
+                    _fail(str(e))
+                raise
+        except (Exception, KeyboardInterrupt) as e:
+            if isinstance(e, (typer.Exit, KeyboardInterrupt)) or not is_disk_full(e):
+                raise
+            # one line instead of a worker's traceback; the finished stages stay (a rerun resumes them), the
+            # half-written temporaries go
+            remove_partial_files(out)
+            _fail(f"{out}: no space left on device during the build: it needs more than the "
+                  f"{free_at_start / 1e6:,.1f} MB that were free on that filesystem when it started "
+                  f"({free_bytes(out) / 1e6:,.1f} MB free now); free some space or choose another --out, then rerun "
+                  "(finished stages are kept and resume)")
         if executor in ("local", "ray"):  # both block until the build is done
             print_summary(out)
             print_input_changes(out)
