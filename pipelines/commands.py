@@ -283,16 +283,16 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         from pipelines.shards.swap import recover_interrupted_swap
         from pipelines.shards.verify import verify_build
 
-        if not out.is_dir():
-            _fail(f"{out}: no such directory")
+        no_build = f"{out}: no manifest.duckdb there (not a build output directory, or the build did not finish)"
+        if not (out / "manifest.duckdb").is_file() and not (out / "manifest.duckdb.prev").is_file():
+            _fail(no_build)  # before the lock, which would create OUT/.lock in a directory that is no build
         try:
             with out_lock(out):
                 recovered = recover_interrupted_swap(out)
                 if recovered:
                     console.print(f"[yellow]![/] {out}: {recovered}")
                 if not (out / "manifest.duckdb").is_file():
-                    _fail(f"{out}: no manifest.duckdb there (not a build output directory, or the build did not "
-                          "finish)")
+                    _fail(no_build)
                 (out / "verified.json").unlink(missing_ok=True)
                 problems = verify_build(out)
                 if not problems:

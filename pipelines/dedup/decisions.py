@@ -39,6 +39,8 @@ def write_decisions(work_dir: str, task: int, table: pa.Table) -> None:
     """Atomically write task `task`'s decisions (sorted by idx)."""
     path = decisions_path(work_dir, task)
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    if "jaccard" not in table.column_names:  # only near-dup decisions carry an estimate
+        table = table.append_column("jaccard", pa.nulls(table.num_rows, pa.float64()))
     table = table.select(DECISIONS_SCHEMA.names).cast(DECISIONS_SCHEMA).sort_by("idx")
     tmp = f"{path}.tmp.{os.getpid()}"
     pq.write_table(table, tmp)
