@@ -98,14 +98,14 @@ def test_verify_restores_an_interrupted_swap(stage2_build, tmp_path):
 # ------------------------------------------------------------------------------------------ full disk
 
 
-@pytest.fixture
-def small_disk(tmp_path):
+@pytest.fixture(params=["20m", "38m"])  # full while copying the decontamination index / in a global dedup stage
+def small_disk(tmp_path, request):
     disk = tmp_path / "disk"
     disk.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(disk)], capture_output=True,
-                          text=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={request.param}", "tmpfs", str(disk)],
+                          capture_output=True, text=True)
     if proc.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
     yield disk
@@ -120,5 +120,6 @@ def test_full_disk_during_a_build_is_one_line_and_leaves_nothing_half_written(sm
     assert "Traceback" not in text, text[-3000:]  # old code: a 150-270-line traceback ending in Errno 28
     errors = [ln for ln in text.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and str(out) in errors[0] and "free" in errors[0], text[-3000:]
+    assert len(text.strip().splitlines()) == 1, text[-3000:]  # no worker traceback before it
     assert not (out / "manifest.duckdb").exists()
     assert not [p for p in out.rglob("*") if ".tmp" in p.name or ".partial-" in p.name]  # nothing half-written
