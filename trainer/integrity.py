@@ -12,11 +12,9 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import mmap
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +23,9 @@ import pyarrow.compute as pc
 from numpy.lib import format as npy_format
 
 from pipelines.shards.format import VERIFIED_MARKER, file_stats, index_path_of, mask_path_of, sha256_file
-from pipelines.shards.reader import (BuildFingerprint, ShardRecord, build_fingerprint, read_shard_records,
-                                     trainer_files, write_verified_marker)
-
-__all__ = ["BuildFingerprint", "ShardRecord", "build_fingerprint", "read_shard_records", "trainer_files",
-           "write_verified_marker"]  # the build's identity is part of the format: pipelines.shards.reader
+# the identity of a build is part of the format (pipelines.shards.reader); re-exported for the trainer's callers
+from pipelines.shards.reader import (BuildFingerprint, ShardRecord, build_fingerprint,  # noqa: F401
+                                     read_shard_records, trainer_files, write_verified_marker)
 
 
 class DataError(ValueError):
