@@ -111,6 +111,28 @@ def print_input_changes(out: Path) -> None:
             console.print(f"[yellow]input {kind} since the previous build:[/] {escape(f)}", soft_wrap=True)
 
 
+def build_or_explain_full_disk(spec, opts) -> None:
+    """Run the build; a full disk anywhere in it (a worker's ENOSPC arrives as a failed stage's text) becomes one
+    line naming --out and the space that was free, and the half-written temporaries go (finished stages stay, so a
+    rerun resumes)."""
+    from pipelines.build.run import build_mixture
+    from pipelines.errors import DiskFullError
+    from pipelines.io import free_bytes, is_disk_full, remove_partial_files
+
+    out = Path(opts.out)
+    free_at_start = free_bytes(out)
+    try:
+        build_mixture(spec, opts)
+    except BaseException as e:
+        if isinstance(e, (typer.Exit, SystemExit)) or not is_disk_full(e):
+            raise
+        remove_partial_files(out)
+        raise DiskFullError(
+            f"{out}: no space left on device during the build: it needs more than the {free_at_start / 1e6:,.1f} MB "
+            f"that were free on that filesystem when it started ({free_bytes(out) / 1e6:,.1f} MB free now); free "
+            "some space or choose another --out, then rerun (finished stages are kept and resume)") from None
+
+
 def mixtures_cmd() -> None:
     """List the mixture specs shipped in mixtures/."""
     from pipelines.build.spec import available_specs, load_spec
@@ -186,7 +208,6 @@ def build_cmd(
     `--executor-opt global.mem_per_cpu_gb=8`). Ray: `address=auto` joins a running cluster, else a local one
     with `--workers` CPUs is started."""
     from pipelines.build.options import BuildOptions
-    from pipelines.build.run import build_mixture
     from pipelines.build.run import dry_run as plan_only
     from pipelines.build.spec import load_spec
 
@@ -198,7 +219,7 @@ def build_cmd(
     if dry_run:
         print_plan(plan_only(spec, opts), out)
         return
-    build_mixture(spec, opts)
+    build_or_explain_full_disk(spec, opts)
     if executor in ("local", "ray"):  # both block until the build is done
         print_summary(out)
         print_input_changes(out)
@@ -206,13 +227,28 @@ def build_cmd(
         console.print(f"submitted to {executor}; run `python cli.py verify {out}` when it finishes")
 
 def verify_cmd(out: Annotated[Path, typer.Argument(help="A build's output directory.")]) -> None:
-    """Re-hash every shard and reconcile the manifest's counts with the shard files."""
+    """Re-hash every file the trainer reads and reconcile every count of the manifest; restores a build whose
+    swap was interrupted first. Holds the build's lock (it may change OUT). On success it leaves
+    OUT/verified.json, which the trainer checks cheaply at start."""
+    from pipelines.build.lock import out_lock
+    from pipelines.shards.reader import write_verified_marker
+    from pipelines.shards.swap import recover_interrupted_swap
     from pipelines.shards.verify import verify_build
 
-    if not (out / "manifest.duckdb").is_file():
-        raise OptionError(f"{out}: no manifest.duckdb there (not a build output directory, or the build did not "
-                          "finish)")
-    problems = verify_build(out)
+    no_build = OptionError(f"{out}: no manifest.duckdb there (not a build output directory, or the build did not "
+                           "finish)")
+    if not (out / "manifest.duckdb").is_file() and not (out / "manifest.duckdb.prev").is_file():
+        raise no_build  # before the lock, which would create OUT/.lock in a directory that is no build
+    with out_lock(out):
+        recovered = recover_interrupted_swap(out)
+        if recovered:
+            console.print(f"[yellow]![/] {out}: {recovered}")
+        if not (out / "manifest.duckdb").is_file():
+            raise no_build
+        (out / "verified.json").unlink(missing_ok=True)
+        problems = verify_build(out)
+        if not problems:
+            write_verified_marker(out)
     if problems:
         for p in problems:
             console.print(f"[red]✗[/] {p}")

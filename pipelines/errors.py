@@ -29,6 +29,10 @@ class OutputDirError(InputError):
     """The output directory cannot be used: it is a file, or another build holds its lock."""
 
 
+class DiskFullError(OutputDirError):
+    """The filesystem of the output ran out of space; the message names the path and the space it needed."""
+
+
 class StageFailed(RuntimeError):
     """A stage of a build had failed tasks; the message carries their errors."""
 

@@ -121,3 +121,54 @@ def pread_into(fd: int, out: np.ndarray, offset: int, what: str) -> None:
         if n <= 0:
             raise OSError(f"{what}: shorter than expected (offset {offset + done})")
         done += n
+# ------------------------------------------------------------------------------------------ a full disk (issue 20)
+
+DISK_FULL_TEXT = ("No space left on device", "[Errno 28]", "Disk quota exceeded", "unexpected pos")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether an exception, one it wraps, or a failed stage's message (worker errors arrive as text) comes from
+    a full disk (ENOSPC / EDQUOT)."""
+    import errno
+
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(t in str(e) for t in DISK_FULL_TEXT):
+            return True
+        stack += [e.__cause__, e.__context__]
+    return False
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Free bytes on the filesystem of `path` (or of its nearest existing parent)."""
+    import shutil
+    from pathlib import Path
+
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def remove_partial_files(root: str | os.PathLike) -> list[str]:
+    """Delete the temporaries of interrupted atomic writes under `root` (`*.tmp*`, `*.partial-*`): never part of
+    a finished file, and on a full disk the space they hold is what the user needs back. Returns what went."""
+    import shutil
+    from pathlib import Path
+
+    gone = []
+    for p in sorted(Path(root).rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        if ".tmp" in p.name or ".partial-" in p.name:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            gone.append(str(p))
+    return gone

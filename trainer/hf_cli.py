@@ -61,8 +61,8 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         try:
             tok = resolve_export_tokenizer(run, tokenizer)
             export_hf(run, out, format, tokenizer=tokenizer, dtype=dtype)
-        except (FileNotFoundError, ValueError) as e:
-            if isinstance(e, HFFormatError):
+        except (FileNotFoundError, ValueError, OSError) as e:
+            if isinstance(getattr(e, "exit_code", None), int):  # HFFormatError, CheckpointError, DiskFullError
                 raise
             raise HFFormatError(str(e)) from e
         typer.echo(f"exported {run} -> {out} ({format}, {dtype}); tokenizer {tok.path.name} from {tok.source}, "
