@@ -6,7 +6,14 @@ Throughput = normalise + shingle + signature + band hashes per document (datatro
 (controlled word edits of mirror docs, true Jaccard of word 5-gram shingles in [0.8, 0.9]) that share a band.
 Target from issue #7: ours >= 1.5x datatrove at equal recall (same bands x rows).
 
+`--precision` (issue 20): planted short near-pairs (15-60 words, a few words replaced) binned by their true Jaccard
+(5-gram shingles, ±0.025 around 0.5, 0.6, 0.7, 0.8, 0.9); for each bin the share of pairs dropped by band-only LSH
+(ours before issue 20, and datatrove, which does not verify) and by LSH + confirmation of the estimated Jaccard
+(ours now). Pairs with true Jaccard >= the threshold (0.69 for 20x8) are duplicates: precision and recall over all
+bins follow.
+
     python bench/dedup.py [--mb 8] [--pairs 300]
+    python bench/dedup.py --precision [--per-level 400]
 """
 from __future__ import annotations
 
@@ -129,13 +136,95 @@ def run_one(name: str, bands: int, rows: int, mb: float, n_pairs: int, repeat: i
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def planted_pairs(per_level: int, seed: int = 0) -> dict[float, list[tuple[str, str, float]]]:
+    """Short near-pairs with known Jaccard (our shingling), `per_level` in each bin of LEVELS (±0.025)."""
+    from pipelines.dedup.signatures import DedupConfig, MinHasher
+
+    h = MinHasher(DedupConfig())
+    rng = random.Random(seed)
+    word = lambda: "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(6))  # noqa: E731 (no digits:
+    # datatrove folds digits to 0)
+    bins: dict[float, list] = {lv: [] for lv in LEVELS}
+    while any(len(b) < per_level for b in bins.values()):
+        n = rng.randrange(15, 61)
+        words = [word() for _ in range(n)]
+        other = list(words)
+        for _ in range(rng.randrange(1, 5)):
+            other[rng.randrange(n)] = word()
+        a, b = " ".join(words), " ".join(other)
+        sh, doc = h.shingles([a, b])
+        sa, sb = set(sh[doc == 0].tolist()), set(sh[doc == 1].tolist())
+        j = len(sa & sb) / len(sa | sb)
+        for lv in LEVELS:
+            if abs(j - lv) <= 0.025 and len(bins[lv]) < per_level:
+                bins[lv].append((a, b, j))
+    return bins
+
+
+def precision_table(per_level: int) -> tuple[list[dict], dict[str, tuple[float, float]]]:
+    """Drop rates per Jaccard bin: band-only (ours before, datatrove) and verified (ours now, and with a lower
+    threshold for a comparison at about equal recall); and (precision, recall) of each, a pair being a duplicate
+    when its own true Jaccard >= the default threshold."""
+    import numpy as np
+
+    from pipelines.dedup.signatures import DedupConfig, MinHasher, estimated_jaccard
+
+    cfg = DedupConfig()
+    h = MinHasher(cfg)
+    dt = method_fn("datatrove", cfg.bands, cfg.rows)
+    rows, flat = [], {k: [] for k in ("true", "band_only", "verified", "verified_0.60", "datatrove")}
+    for lv, pairs in planted_pairs(per_level).items():
+        texts = [t for a, b, _ in pairs for t in (a, b)]
+        sig, _ = h.signatures_batch(texts)
+        bands = h.band_hashes(sig)
+        share = (bands[0::2] == bands[1::2]).any(axis=1)
+        est = estimated_jaccard(sig[0::2], sig[1::2])
+        got = {"band_only": share, "verified": share & (est >= cfg.jaccard_threshold),
+               "verified_0.60": share & (est >= 0.60),
+               "datatrove": np.array([bool(set(dt(a)) & set(dt(b))) for a, b, _ in pairs])}
+        flat["true"].append(np.array([j for _, _, j in pairs]))
+        for k, v in got.items():
+            flat[k].append(v)
+        rows.append({"level": lv, "pairs": len(pairs), **{k: float(v.mean()) for k, v in got.items()}})
+    true = np.concatenate(flat["true"]) >= cfg.jaccard_threshold
+    scores = {}
+    for k in ("band_only", "verified", "verified_0.60", "datatrove"):
+        d = np.concatenate(flat[k])
+        scores[k] = (float((d & true).sum() / max(d.sum(), 1)), float((d & true).sum() / true.sum()))
+    return rows, scores
+
+
+def print_precision(rows: list[dict], scores: dict[str, tuple[float, float]]) -> None:
+    from pipelines.dedup.signatures import DedupConfig
+
+    print(f"planted short near-pairs (15-60 words), 20x8 bands, threshold {DedupConfig().jaccard_threshold:.2f}; "
+          "share of pairs dropped per true-Jaccard bin (±0.025)")
+    print("| Jaccard | pairs | band-only (before) | verified (after) | verified, threshold 0.60 | datatrove |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['level']:.1f} | {r['pairs']} | {r['band_only']:.3f} | {r['verified']:.3f} | "
+              f"{r['verified_0.60']:.3f} | {r['datatrove']:.3f} |")
+    print("duplicate = true Jaccard >= the threshold (per pair):")
+    for name, (prec, rec) in scores.items():
+        print(f"  {name:14s} precision {prec:.3f}  recall {rec:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=8.0, help="MB of mirror text to sign")
     ap.add_argument("--pairs", type=int, default=300, help="near-duplicate pairs for the recall measurement")
     ap.add_argument("--repeat", type=int, default=3, help="passes per method; the fastest is reported")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--precision", action="store_true", help="precision/recall of near-dup decisions on planted "
+                    "short pairs at Jaccard 0.5-0.9 (issue 20)")
+    ap.add_argument("--per-level", type=int, default=400, help="planted pairs per Jaccard level (--precision)")
     args = ap.parse_args()
+    if args.precision:
+        print_precision(*precision_table(args.per_level))
+        return
     if args.child:
         name, b, r = args.child.split(":")
         print(json.dumps(run_one(name, int(b), int(r), args.mb, args.pairs, args.repeat)))

@@ -31,9 +31,10 @@ def dedup_drops(texts: list[str], cfg: DedupConfig) -> dict[int, tuple[str, str]
     out = list(DedupSignatureStep(cfg).run(iter(docs)))
     df = pl.DataFrame({"key": range(len(out)), "doc_id": [d.id for d in out],
                        "text_hash": [d.metadata["text_hash"] for d in out],
-                       "minhash": [d.metadata.get("minhash") for d in out], "url": [None] * len(out)},
+                       "minhash": [d.metadata.get("minhash") for d in out], "url": [None] * len(out),
+                       "minhash_sig": [d.metadata.get("minhash_sig") for d in out]},
                       schema={"key": pl.Int64, "doc_id": pl.Utf8, "text_hash": pl.Int64, "minhash": pl.List(pl.Int64),
-                              "url": pl.Utf8})
+                              "url": pl.Utf8, "minhash_sig": pl.Binary})
     found = find_duplicates(df, cfg)
     return {k: (r, d) for k, r, d in zip(found["key"], found["reason"], found["duplicate_of"])}
 

@@ -4,7 +4,10 @@ Layout of RUN/checkpoints/step-000020/:
   .metadata, __0_0.distcp, ...   DCP: {"model": ..., "optim": ...} — each rank writes its own shards
   trainer_state.json             step, scheduler, data position, the run config and the model config
   rng-rank00000.pt ...           per-rank torch / numpy / python RNG states, as tensors and numbers only
-A checkpoint is written under `step-N.tmp` and renamed once complete, so a directory named `step-N` is whole.
+  checksums.json                 sha256 and size of every file above (trainer/ckpt_files.py)
+A checkpoint is written under `step-N.tmp` and renamed once complete (after its checksums), so a directory named
+`step-N` is whole; loading checks the checksums and refuses a damaged file by name. A full disk stops the save with
+one line naming the path and the space needed, and removes `step-N.tmp`.
 
 Trust: `rng-*.pt` is read with `torch.load(weights_only=True)` (tensors, numbers, dicts, lists only; a pickled object
 is refused) and `trainer_state.json` is JSON, but DCP's own `.metadata` is a pickle that torch unpickles, so resuming
@@ -16,6 +19,7 @@ Weights can be read back without any process group (`load_model_weights`) for me
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -26,9 +30,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 import torch.nn as nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_model_state_dict, set_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+
+from trainer.ckpt_files import (CHECKSUMS, DiskFullError, checksum_problems, disk_full_message, file_sha256,
+                                free_bytes, fsync_file, hash_files, is_disk_full, read_checksums, write_checksums)
 
 STATE_FILE = "trainer_state.json"
 EXPORT_WEIGHTS = "model.safetensors"
@@ -42,6 +55,8 @@ def checkpoint_dir(run: str | Path, step: int) -> Path:
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot or must not be loaded (unsafe content, wrong layout)."""
+
+    exit_code = 2  # the CLI's one handler (cli.py): a one-line message, exit 2
 
 
 def rng_state() -> dict:
@@ -81,21 +96,120 @@ def load_rng_file(path: Path) -> dict:
 
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, trainer_state: dict,
                     rank: int) -> Path:
+    """Write the checkpoint under `step-N.tmp`, checksum every file (each rank its own), then publish it as `step-N`
+    by one rename. DiskFullError (on every rank) when the disk fills up; nothing half-written stays behind."""
     tmp = path.with_name(path.name + ".tmp")
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    need = int(_all_reduce_sum(_state_bytes(model_sd) + _state_bytes(optim_sd))) + (1 << 20)
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-    torch.save(rng_state(), tmp / f"rng-rank{rank:05d}.pt")
-    dist.barrier()
+    error: BaseException | None = None
+    entries: dict = {}
+    if rank == 0 and free_bytes(tmp) < need:  # refuse before writing anything
+        error = OSError(28, "No space left on device")
+    if not _any_rank(error is not None):
+        try:
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+            rng = tmp / f"rng-rank{rank:05d}.pt"
+            torch.save(rng_state(), rng)
+            fsync_file(rng)
+            entries = hash_files(tmp, [p.name for p in tmp.iterdir()
+                                       if p.name.startswith(f"__{rank}_") or p.name == rng.name
+                                       or (rank == 0 and p.name == ".metadata")])
+        except (Exception, CheckpointException) as e:  # noqa: BLE001 (sorted out below, on every rank together)
+            error = e  # DCP's CheckpointException is a BaseException
+    _fail_together(error, tmp, need, rank)
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, entries)
     if rank == 0:
-        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
-        shutil.rmtree(path, ignore_errors=True)
-        tmp.rename(path)
-    dist.barrier()
+        try:
+            state_file = tmp / STATE_FILE
+            state_file.write_text(json.dumps(trainer_state, indent=2))
+            fsync_file(state_file)
+            all_entries = {k: v for part in gathered for k, v in part.items()}
+            all_entries.update(hash_files(tmp, [STATE_FILE]))
+            write_checksums(tmp, all_entries)
+            shutil.rmtree(path, ignore_errors=True)
+            tmp.rename(path)
+        except Exception as e:  # noqa: BLE001
+            error = e
+    _fail_together(error, tmp, need, rank)
     return path
+
+
+def _state_bytes(sd: dict) -> int:
+    """Bytes this rank's shards of a (nested) state dict take on disk, roughly."""
+    total = 0
+    for v in sd.values():
+        if isinstance(v, dict):
+            total += _state_bytes(v)
+        elif isinstance(v, torch.Tensor):
+            local = v.to_local() if hasattr(v, "to_local") else v
+            total += local.numel() * local.element_size()
+    return total
+
+
+def _all_reduce_sum(x: float) -> float:
+    t = torch.tensor([float(x)], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def _any_rank(flag: bool) -> bool:
+    return _all_reduce_sum(1.0 if flag else 0.0) > 0
+
+
+def _collective_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _fail_together(error: BaseException | None, tmp: Path, need: int, rank: int) -> None:
+    """If any rank failed: remove the half-written `step-N.tmp` and raise on every rank (DiskFullError for a full
+    disk, else the rank's own error), so no rank waits forever in a collective."""
+    full = _all_reduce_sum(1.0 if error is not None and is_disk_full(error) else 0.0) > 0
+    failed = _any_rank(error is not None)
+    if not failed:
+        return
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier()
+    if full:
+        raise DiskFullError(disk_full_message(tmp.parent, need, f"checkpoint {tmp.name.removesuffix('.tmp')}"))
+    if error is not None:
+        raise error
+    raise CheckpointError(f"{tmp}: another rank failed writing the checkpoint (see its error)")
+
+
+def verify_checkpoint(path: Path, rank: int = 0, world: int = 1) -> None:
+    """Check `path` against its checksums.json (split over `world` ranks, all of which must call this when
+    world > 1); CheckpointError naming the first damaged file. Checkpoints from before checksums: a warning."""
+    entries = read_checksums(path)
+    if entries is None:
+        warnings.warn(f"{path}: no {CHECKSUMS} (written before checkpoints carried checksums); loaded unchecked",
+                      stacklevel=2)
+        return
+    problems = checksum_problems(path, entries, rank, world)
+    if world > 1 and dist.is_initialized():
+        gathered = [None] * world
+        dist.all_gather_object(gathered, problems)
+        problems = [p for part in gathered for p in part]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(f"{problems[0]}{more}; refused: a damaged checkpoint is never loaded")
+
+
+def verify_export(path: Path) -> None:
+    """An export/merge dir: model.safetensors against the sha256 its config.json records (exports before issue 20
+    record none)."""
+    config = json.loads((path / EXPORT_CONFIG).read_text()) if (path / EXPORT_CONFIG).exists() else {}
+    want = config.get("weights_sha256")
+    if want and file_sha256(path / EXPORT_WEIGHTS) != want:
+        raise CheckpointError(f"{path / EXPORT_WEIGHTS}: sha256 differs from {path / EXPORT_CONFIG} (the file was "
+                              "damaged or changed); refused")
 
 
 def find_checkpoint(resume: str | Path, step: int | None = None) -> Path:
@@ -122,6 +236,7 @@ def read_trainer_state(path: str | Path) -> dict:
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> dict:
     """Restore model, optimizer and this rank's RNG in place; return the trainer state."""
+    verify_checkpoint(path, rank, dist.get_world_size() if dist.is_initialized() else 1)
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, checkpoint_id=str(path))
@@ -136,22 +251,31 @@ def weights_dir(path: str | Path) -> Path:
     """The directory holding the weights of `path`: an export/merge (model.safetensors), a checkpoint (.metadata),
     or, for a run dir without an export, its latest checkpoint."""
     path = Path(path)
-    if (path / EXPORT_WEIGHTS).exists() or (path / ".metadata").exists():
+    if is_export(path) or (path / ".metadata").exists():
         return path
     if (path / "checkpoints").is_dir():
         return find_checkpoint(path)
     raise FileNotFoundError(f"{path} is neither a run dir, a checkpoint (.metadata) nor an export ({EXPORT_WEIGHTS})")
 
 
+def is_export(path: Path) -> bool:
+    """A finished export/merge: config.json is written last, so weights without it are an interrupted export."""
+    return (path / EXPORT_WEIGHTS).exists() and (path / EXPORT_CONFIG).exists()
+
+
 def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Full fp32 weights of a DCP checkpoint dir, an exported/merged dir (model.safetensors) or a run dir, on CPU."""
+    """Full fp32 weights of a DCP checkpoint dir, an exported/merged dir (model.safetensors) or a run dir, on CPU;
+    checked against their checksums first (CheckpointError naming a damaged file)."""
     path = weights_dir(path)
-    if (path / EXPORT_WEIGHTS).exists():
+    if is_export(path):
         from safetensors.torch import load_file
 
+        verify_export(path)
         return load_file(str(path / EXPORT_WEIGHTS))
     if not (path / ".metadata").exists():
-        raise FileNotFoundError(f"{path} is neither a checkpoint (.metadata) nor an export ({EXPORT_WEIGHTS})")
+        raise FileNotFoundError(f"{path} is neither a checkpoint (.metadata) nor an export ({EXPORT_WEIGHTS} with "
+                                f"{EXPORT_CONFIG})")
+    verify_checkpoint(path)
     meta = dcp.FileSystemReader(str(path)).read_metadata()
     model = {}
     for key, md in meta.state_dict_metadata.items():
@@ -168,7 +292,7 @@ def load_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
 def read_model_config(path: str | Path) -> dict:
     """The model config saved with a checkpoint (trainer_state.json), an export (config.json) or a run dir."""
     path = weights_dir(path)
-    if (path / EXPORT_CONFIG).exists():
+    if is_export(path):
         return json.loads((path / EXPORT_CONFIG).read_text())["model"]
     return read_trainer_state(path)["model"]
 
@@ -184,11 +308,32 @@ def load_full_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> Non
 
 
 def export_safetensors(out: str | Path, weights: dict[str, torch.Tensor], config: dict) -> Path:
-    """Write OUT/model.safetensors and OUT/config.json ({"model": ModelConfig fields, ...})."""
+    """Write OUT/model.safetensors and OUT/config.json ({"model": ModelConfig fields, ..., "weights_sha256"}).
+
+    Published so that a kill at any point never leaves a finished-looking export: the old config.json goes first,
+    the weights are written under a temporary name and renamed, and config.json (with the weights' sha256) is
+    renamed into place last. DiskFullError when the disk fills up."""
     from safetensors.torch import save_file
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(out / EXPORT_WEIGHTS))
-    (out / EXPORT_CONFIG).write_text(json.dumps(config, indent=2))
+    tmp_weights, tmp_config = out / (EXPORT_WEIGHTS + ".tmp"), out / (EXPORT_CONFIG + ".tmp")
+    need = sum(v.numel() * v.element_size() for v in weights.values()) + (1 << 20)
+    try:
+        (out / EXPORT_CONFIG).unlink(missing_ok=True)
+        if free_bytes(out) < need:
+            raise OSError(28, "No space left on device")
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp_weights))
+        fsync_file(tmp_weights)
+        config = dict(config, weights_sha256=file_sha256(tmp_weights))
+        os.replace(tmp_weights, out / EXPORT_WEIGHTS)
+        tmp_config.write_text(json.dumps(config, indent=2))
+        fsync_file(tmp_config)
+        os.replace(tmp_config, out / EXPORT_CONFIG)
+    except Exception as e:
+        tmp_weights.unlink(missing_ok=True)
+        tmp_config.unlink(missing_ok=True)
+        if is_disk_full(e):
+            raise DiskFullError(disk_full_message(out, need, "the export")) from None
+        raise
     return out

@@ -11,7 +11,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from trainer.config import ATTENTION, DTYPES, INITS, POSITIONS, PRESETS, SCHEDULES, ModelConfig, TrainConfig
+from trainer.config import (
+    ATTENTION,
+    DTYPES,
+    INITS,
+    POSITIONS,
+    PRESETS,
+    SCHEDULES,
+    ModelConfig,
+    TrainConfig,
+)
 from trainer.recipes import RECIPES, get_recipe
 
 HF_PREFIX = "hf:"  # same as trainer.train.HF_PREFIX (not imported: the CLI keeps torch out of --help)
@@ -84,12 +93,13 @@ def run_one(cfg: TrainConfig, nproc: int) -> int:
     """Train `cfg` here (one process, or one rank under an outer torchrun) or on `nproc` local processes."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
         return launch(cfg, nproc)
-    from trainer.checkpoint import CheckpointError
+    from trainer.checkpoint import CheckpointError, DiskFullError
+    from trainer.integrity import DataError
     from trainer.train import train
 
     try:
         train(cfg)
-    except CheckpointError as e:
+    except (CheckpointError, DataError, DiskFullError) as e:
         typer.echo(f"error: {e}", err=True)
         return 2
     return 0
@@ -99,13 +109,31 @@ def finished_run(cfg: TrainConfig) -> bool:
     """True when cfg.out holds a finished export of a run with exactly this config (so a soup command that was
     interrupted during a later seed can be rerun without retraining the seeds already done)."""
     run = Path(cfg.out)
-    if not (run / "model.safetensors").exists() or not (run / "train_config.json").exists():
+    # config.json is written last by an export (trainer/checkpoint.py): weights without it are an interrupted export
+    if not all((run / name).exists() for name in ("model.safetensors", "config.json", "train_config.json")):
+        return False
+    export = json.loads((run / "config.json").read_text())
+    if export.get("steps") is None:
         return False
     stored = json.loads((run / "train_config.json").read_text())
     stored.pop("resolved", None)
-    ignore = ("progress", "resume", "resume_step")
-    return {k: v for k, v in stored.items() if k not in ignore} == \
+    stored_build = stored.pop("build", None)
+    ignore = ("progress", "resume", "resume_step", "verify_data", "allow_data_change")
+    same_config = {k: v for k, v in stored.items() if k not in ignore} == \
         {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignore}
+    return same_config and _same_build(stored_build, cfg.data)
+
+
+def _same_build(stored: dict | None, data: str) -> bool:
+    """Whether a finished run trained on the build now at `data` (runs from before fingerprints: assumed so)."""
+    if not stored:
+        return True
+    from trainer.integrity import build_fingerprint
+
+    try:
+        return build_fingerprint(data).fingerprint == stored.get("fingerprint")
+    except (FileNotFoundError, ValueError):
+        return False
 
 
 def train_soup(cfg: TrainConfig, seeds: list[int], nproc: int) -> int:
@@ -121,7 +149,10 @@ def train_soup(cfg: TrainConfig, seeds: list[int], nproc: int) -> int:
             continue
         typer.echo(f"[train] seed {s} -> {run}")
         rc = run_one(seed_cfg, nproc)
-        if rc:
+        if rc and finished_run(seed_cfg):  # its export was published (config.json last): a teardown crash only
+            typer.echo(f"[train] seed {s}: the run finished and exported, but a process exited with {rc} at "
+                       "teardown; kept", err=True)
+        elif rc:
             return rc
     if os.environ.get("RANK", "0") != "0":  # under an outer torchrun only rank 0 merges
         return 0
@@ -132,10 +163,14 @@ def train_soup(cfg: TrainConfig, seeds: list[int], nproc: int) -> int:
     return 0
 
 
+class TrainOptionError(ValueError):
+    """A bad `train` flag or input; cli.py's one handler prints it as one line with exit code 2."""
+
+    exit_code = 2
+
+
 def fail(message: str) -> None:
-    """A bad flag or input: one line on stderr, exit code 2 (never a traceback)."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+    raise TrainOptionError(message)
 
 
 def print_memory_plan(preset: str | None, seq_len: int | None, sp: int | None, nproc: int, act_ckpt: bool,
@@ -178,6 +213,17 @@ def resolve_config(cfg: TrainConfig, nproc: int, seed: int | None, seeds: str | 
     world = nproc if "LOCAL_RANK" not in os.environ else int(os.environ.get("WORLD_SIZE", 1))
     resolve_run(cfg, world)
     return cfg, run_seeds
+
+
+def check_data(cfg: TrainConfig) -> None:
+    """Before any process starts: the cheap checks of every file the run will read and, with --verify-data, a
+    re-hash of all of them (DataError naming the first damaged file). Ranks then skip the re-hash."""
+    from trainer.data import read_build
+    from trainer.train import pin_build
+
+    pin_build(cfg, read_build(cfg.data).seq_len, cfg.verify_data)
+    if cfg.verify_data:
+        os.environ["MIDTRAIN_DATA_VERIFIED"] = "1"  # inherited by torchrun's ranks and read by this process's run
 
 
 def train_seeds(cfg: TrainConfig, seeds: list[int], nproc: int) -> int:
@@ -268,6 +314,12 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         sp: Annotated[Optional[int], typer.Option(help="Ulysses sequence parallelism: processes sharing one row "
                                                   "(must divide --nproc, the heads and the row length; default: "
                                                   "the recipe's, else 1).")] = None,
+        verify_data: Annotated[bool, typer.Option(help="Re-hash every shard, index and mask file against the "
+                                                  "manifest before training (cheap checks of sizes, headers and "
+                                                  "indexes run always).")] = False,
+        allow_data_change: Annotated[bool, typer.Option(help="Let --resume continue on a build whose "
+                                                        "fingerprint differs from the checkpoint's (refused "
+                                                        "otherwise).")] = False,
         plan: Annotated[bool, typer.Option(help="Print the per-GPU memory plan (params, grads, optimizer, "
                                            "activations, logits chunks) for --preset/--seq-len/--sp/--nproc/"
                                            "--act-ckpt and exit; e.g. --preset instella-3b --seq-len 262144 "
@@ -290,8 +342,9 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                 dtype=dtype, compile=compile, act_ckpt=act_ckpt, replicate=replicate, attn_backend=attn_backend,
                 save_every=save_every, resume=str(resume) if resume else None, resume_step=resume_step,
                 init_from=init_from, peak_tflops=peak_tflops, log_every=log_every, progress=progress,
-                extra={"sp": sp} if sp else {})
+                verify_data=verify_data, allow_data_change=allow_data_change, extra={"sp": sp} if sp else {})
             cfg, run_seeds = resolve_config(cfg, nproc, seed, seeds)
+            check_data(cfg)
         except (ValueError, FileNotFoundError) as e:
             fail(str(e))
         raise typer.Exit(train_seeds(cfg, run_seeds, nproc))
@@ -304,10 +357,12 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                                                               "equal).")] = None,
     ) -> None:
         """Average several runs' weights (model soup) and export them as safetensors."""
-        from trainer.checkpoint import find_checkpoint
+        from trainer.checkpoint import DiskFullError, find_checkpoint, is_export
         from trainer.merge import merge_checkpoints
 
-        paths = [p if (p / "model.safetensors").exists() or (p / ".metadata").exists() else find_checkpoint(p)
-                 for p in checkpoints]
-        merge_checkpoints(paths, out, weight or None)
+        try:
+            paths = [p if is_export(p) or (p / ".metadata").exists() else find_checkpoint(p) for p in checkpoints]
+            merge_checkpoints(paths, out, weight or None)
+        except (ValueError, FileNotFoundError, DiskFullError) as e:  # CheckpointError (a damaged file) included
+            fail(str(e))
         typer.echo(f"merged {len(paths)} checkpoint(s) -> {out}/model.safetensors")

@@ -123,6 +123,9 @@ class TrainConfig:
     resume_step: int | None = None  # default: the latest checkpoint in `resume`
     init_from: str | None = None  # weights only, fresh optimizer: run/checkpoint/merged dir, or "hf:DIR"
     export: bool = True  # write model.safetensors + config.json at the end
+    # data integrity (issue 20)
+    verify_data: bool = False  # re-hash every shard file against the manifest before training
+    allow_data_change: bool = False  # --resume on a build with another fingerprint than the checkpoint's
     # telemetry
     log_every: int = 1
     plot: bool = True
@@ -151,11 +154,14 @@ class TrainConfig:
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
 
-    def to_json(self, path: str | Path, resolved: dict | None = None) -> None:
-        """Write the config; `resolved` (the settings the run actually used) is stored beside it for the record."""
+    def to_json(self, path: str | Path, resolved: dict | None = None, build: dict | None = None) -> None:
+        """Write the config; `resolved` (the settings the run actually used) and `build` (the fingerprint of the
+        build it trains on, trainer/integrity.py) are stored beside it for the record."""
         raw = asdict(self)
         if resolved is not None:
             raw["resolved"] = resolved
+        if build is not None:
+            raw["build"] = build
         tmp = Path(str(path) + ".tmp")
         tmp.write_text(json.dumps(raw, indent=2))
         tmp.replace(path)

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.shards.format import index_path_of, mask_path_of
+from trainer.integrity import PinnedFiles
+
 DEFAULT_MAX_OPEN_SHARDS = 64
 INDEX_COLUMNS = ("row", "start", "length")
 
@@ -30,27 +33,29 @@ class ShardIndex:
 
 
 def index_path(build: Path, shard: str) -> Path:
-    return build / shard.replace(".npy", ".idx.arrow")
+    return build / index_path_of(shard)
 
 
 def mask_path(build: Path, shard: str) -> Path:
-    return build / shard.replace(".npy", ".mask.npy")
+    return build / mask_path_of(shard)
 
 
-def load_shard_index(build: Path, shard: str, n_rows: int, seq_len: int) -> ShardIndex:
+def load_shard_index(build: Path, shard: str, n_rows: int, seq_len: int,
+                     files: PinnedFiles | None = None) -> ShardIndex:
     """Read and check one shard's index (the format promises segments sorted by row then start that tile each row
     from 0, with padding only at the end). Memory-mapped and read a record batch at a time, only the `row, start,
     length` columns: what stays is two int32 per segment, whatever the shard's size."""
     import pyarrow as pa
 
     path = index_path(build, shard)
-    if not path.exists():
+    if files is None and not path.exists():
         raise FileNotFoundError(f"{path}: shard index missing (every shard has one, docs/FORMAT.md)")
     seg_start, seg_len = [], []
     per_row = np.zeros(n_rows, dtype=np.int64)
     covered = np.zeros(n_rows, dtype=np.int64)
     last_row, last_end = -1, 0  # the previous batch's last segment: rows and tiling continue across batches
-    with pa.memory_map(str(path)) as source:  # zero-copy: only the three columns' pages are read
+    # zero-copy: only the three columns' pages are read; through the pinned shard directory when given
+    with (files.memory_map(path.relative_to(build)) if files else pa.memory_map(str(path))) as source:
         reader = pa.ipc.open_file(source)
         missing = [c for c in INDEX_COLUMNS if c not in reader.schema.names]
         if missing:
@@ -102,8 +107,9 @@ def _check_segments(path: Path, shard: str, row: np.ndarray, start: np.ndarray, 
 class OpenShard:
     """One shard's tokens, optional loss mask and index, each loaded on first use."""
 
-    def __init__(self, build: Path, shard: str, n_rows: int, seq_len: int) -> None:
+    def __init__(self, build: Path, shard: str, n_rows: int, seq_len: int, files: PinnedFiles | None = None) -> None:
         self.build, self.shard, self.n_rows, self.seq_len = build, shard, n_rows, seq_len
+        self.files = files  # the build's shard directories pinned at start (None: open by path)
         self._tokens: np.ndarray | None = None
         self._mask: np.ndarray | None | bool = False  # False = not looked for yet
         self._index: ShardIndex | None = None
@@ -111,7 +117,7 @@ class OpenShard:
     @property
     def tokens(self) -> np.ndarray:
         if self._tokens is None:
-            arr = np.load(self.build / self.shard, mmap_mode="r")
+            arr = self.files.load_npy(self.shard) if self.files else np.load(self.build / self.shard, mmap_mode="r")
             if arr.shape != (self.n_rows, self.seq_len):
                 raise ValueError(f"{self.build / self.shard}: shape {arr.shape} but the manifest says "
                                  f"({self.n_rows}, {self.seq_len})")
@@ -122,13 +128,17 @@ class OpenShard:
     def mask(self) -> np.ndarray | None:
         if self._mask is False:
             path = mask_path(self.build, self.shard)
-            self._mask = np.load(path, mmap_mode="r") if path.exists() else None
+            if self.files:
+                rel = path.relative_to(self.build)
+                self._mask = self.files.load_npy(rel) if self.files.exists(rel) else None
+            else:
+                self._mask = np.load(path, mmap_mode="r") if path.exists() else None
         return self._mask  # type: ignore[return-value]
 
     @property
     def index(self) -> ShardIndex:
         if self._index is None:
-            self._index = load_shard_index(self.build, self.shard, self.n_rows, self.seq_len)
+            self._index = load_shard_index(self.build, self.shard, self.n_rows, self.seq_len, self.files)
         return self._index
 
 
@@ -140,6 +150,8 @@ class ShardCache:
         if max_open < 1:
             raise ValueError(f"max_open_shards must be >= 1, got {max_open}")
         self.build, self.shards, self.seq_len, self.max_open = build, shards, seq_len, max_open
+        # one handle per shard directory, taken now: a build swapped in later cannot mix its files into this run
+        self.files = PinnedFiles(build, {str(Path(p).parent) for p, _ in shards})
         self._open: OrderedDict[int, OpenShard] = OrderedDict()
         self.n_opened = 0
         self.peak_open = 0
@@ -155,7 +167,7 @@ class ShardCache:
         while len(self._open) >= self.max_open:
             self._open.popitem(last=False)  # dropping the maps closes their files
         path, n_rows = self.shards[s]
-        shard = self._open[s] = OpenShard(self.build, path, n_rows, self.seq_len)
+        shard = self._open[s] = OpenShard(self.build, path, n_rows, self.seq_len, self.files)
         self.n_opened += 1
         self.peak_open = max(self.peak_open, len(self._open))
         return shard

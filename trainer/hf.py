@@ -23,20 +23,18 @@ Both import through `load_hf_checkpoint` into our parameter names (trainer/model
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from trainer.checkpoint import (
-    EXPORT_WEIGHTS,
-    find_checkpoint,
-    load_model_weights,
-    read_model_config,
-)
+from pipelines.io import atomic_write_bytes
+from pipelines.shards.format import sha256_file
+from trainer.checkpoint import EXPORT_WEIGHTS, find_checkpoint, is_export, load_model_weights, read_model_config
+from trainer.ckpt_files import DiskFullError, disk_full_message, is_disk_full
 from trainer.config import ModelConfig
 
 FORMATS = ("transformers", "instella")
@@ -50,6 +48,8 @@ _IGNORED_KEYS = ("rotary_emb.inv_freq",)  # non-persistent buffers some converte
 
 class HFFormatError(ValueError):
     """A Hugging Face checkpoint we cannot read (missing file, unsupported config, unexpected or missing keys)."""
+
+    exit_code = 2  # the CLI's one handler (cli.py): a one-line message, exit 2
 
 
 # ----------------------------------------------------------------------------------------------------- config
@@ -280,12 +280,6 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 # -------------------------------------------------------------------------------------------------- tokenizer
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def find_tokenizer(name: str) -> Path | None:
@@ -337,7 +331,7 @@ def resolve_export_tokenizer(run_or_checkpoint: str | Path, tokenizer: str | Pat
     elif record is not None:
         name, sha, _, _ = record
         path, source = find_tokenizer(name), f"build {data}"
-        if path is None or (sha and _sha256(path) != sha):
+        if path is None or (sha and sha256_file(path) != sha):
             raise HFFormatError(f"the tokenizer of build {data} ({name!r}, sha256 {sha}) was not found; pass "
                                 "--tokenizer PATH")
     else:
@@ -363,22 +357,16 @@ def write_tokenizer(out: Path, tokenizer: ExportTokenizer, model_max_length: int
     tok = Tokenizer.from_file(str(tokenizer.path))
     eos, pad = tok.id_to_token(tokenizer.eos_id), tok.id_to_token(tokenizer.pad_id)
     specials = {"bos_token": eos, "eos_token": eos, "unk_token": eos, "pad_token": pad}
-    _atomic_write(out / "tokenizer.json", tokenizer.path.read_bytes())
-    _atomic_write(out / "special_tokens_map.json", json.dumps(specials, indent=2).encode())
+    atomic_write_bytes(out / "tokenizer.json", tokenizer.path.read_bytes())
+    atomic_write_bytes(out / "special_tokens_map.json", json.dumps(specials, indent=2).encode())
     # GPTNeoXTokenizer: transformers 5's class; 4.x resolves it to GPTNeoXTokenizerFast. No BOS/EOS is added
     # when encoding: documents were tokenized without BOS and EOS only ends them.
     config = {"tokenizer_class": "GPTNeoXTokenizer", **specials, "add_bos_token": False, "add_eos_token": False,
               "clean_up_tokenization_spaces": False, "model_max_length": model_max_length}
-    _atomic_write(out / "tokenizer_config.json", json.dumps(config, indent=2).encode())
+    atomic_write_bytes(out / "tokenizer_config.json", json.dumps(config, indent=2).encode())
 
 
 # ----------------------------------------------------------------------------------------------------- export
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def resolve_weights_dir(run_or_checkpoint: str | Path) -> Path:
@@ -386,7 +374,7 @@ def resolve_weights_dir(run_or_checkpoint: str | Path) -> Path:
     path = Path(run_or_checkpoint)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such directory")
-    if (path / EXPORT_WEIGHTS).exists() or (path / ".metadata").exists():
+    if is_export(path) or (path / ".metadata").exists():
         return path
     return find_checkpoint(path)
 
@@ -410,34 +398,58 @@ def export_hf(run_or_checkpoint: str | Path, out: str | Path, fmt: str = "transf
         raise HFFormatError(f"{src}: no model config of this project (expected a run, a step-N checkpoint or an "
                             "export/merge dir)") from None
     tok = resolve_export_tokenizer(src, tokenizer)  # before the (large) weights: fail fast
-    weights = load_model_weights(src)
+    weights = load_model_weights(src)  # checked against the checkpoint's checksums
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.to(DTYPES[dtype]).cpu() for k, v in to_hf_state(weights, cfg, fmt).items()}
-    tmp = out / (EXPORT_WEIGHTS + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.chmod(tmp, 0o644)  # safetensors creates 0600; an evaluation checkpoint is meant to be shared
-    os.replace(tmp, out / EXPORT_WEIGHTS)
-    index = out / "model.safetensors.index.json"  # a stale shard index would shadow the new single file
-    if index.exists():
-        index.unlink()
-    config = model_config_to_hf_config(cfg, fmt, dtype, eos_id=tok.eos_id, pad_id=tok.pad_id)
-    _atomic_write(out / "config.json", json.dumps(config, indent=2).encode())
-    generation = {"bos_token_id": tok.eos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
-    _atomic_write(out / "generation_config.json", json.dumps(generation, indent=2).encode())
-    write_tokenizer(out, tok, cfg.seq_len)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # everything is written into a sibling staging directory and published by renames (_publish_dir): a kill at
+    # any point leaves the previous export (or none), never weights without their config
+    stage = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        state = {k: v.to(DTYPES[dtype]).cpu() for k, v in to_hf_state(weights, cfg, fmt).items()}
+        save_file(state, str(stage / EXPORT_WEIGHTS), metadata={"format": "pt"})
+        os.chmod(stage / EXPORT_WEIGHTS, 0o644)  # safetensors creates 0600; an evaluation checkpoint is shared
+        config = model_config_to_hf_config(cfg, fmt, dtype, eos_id=tok.eos_id, pad_id=tok.pad_id)
+        atomic_write_bytes(stage / "config.json", json.dumps(config, indent=2).encode())
+        generation = {"bos_token_id": tok.eos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
+        atomic_write_bytes(stage / "generation_config.json", json.dumps(generation, indent=2).encode())
+        write_tokenizer(stage, tok, cfg.seq_len)
+        if out.exists():  # a stale shard index would shadow the new single file
+            (out / "model.safetensors.index.json").unlink(missing_ok=True)
+        _publish_dir(stage, out)
+    except BaseException as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        if is_disk_full(e):
+            raise DiskFullError(disk_full_message(out, sum(v.numel() * v.element_size() for v in weights.values()),
+                                                  "the export")) from None
+        raise
     return out
 
 
 def _run_data(src: Path) -> str | None:
-    """The build a run trained on: recorded in the export's config.json or the checkpoint's trainer state."""
+    """The build a run trained on: recorded in the export's config.json (`data`) or the checkpoint's trainer state
+    (`config.data`; its own `data` is the loader's position, not a path)."""
     for candidate in (src / "config.json", src / "trainer_state.json"):
         if candidate.is_file():
             raw = json.loads(candidate.read_text())
-            data = raw.get("data") or (raw.get("config") or {}).get("data")
-            if data:
-                return str(data)
+            data = raw.get("data") if candidate.name == "config.json" else (raw.get("config") or {}).get("data")
+            if isinstance(data, str) and data:
+                return data
     return None
+
+
+def _publish_dir(stage: Path, out: Path) -> None:
+    """Make the finished `stage` directory `out` by renames: a reader sees the old export or the new one, never a
+    mix. Files of an existing `out` that this export does not write are carried over."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        for f in out.iterdir():
+            if not (stage / f.name).exists():
+                os.replace(f, stage / f.name)
+        os.replace(out, old)
+    os.replace(stage, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def import_hf(dir: str | Path, out: str | Path) -> Path:

@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.tensor import DTensor
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,12 @@ def all_reduce_sum(x: float | torch.Tensor, device: torch.device) -> torch.Tenso
     return t
 
 
-def cleanup() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def cleanup(finished: bool = True) -> None:
+    """Tear the process group down. After a finished run every rank first waits for all the others (rank 0 may
+    still be exporting), so no rank destroys its side of a collective while a peer is using it; after a failure
+    there is no barrier (a peer may never arrive)."""
+    if not dist.is_initialized():
+        return
+    if finished and dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()

@@ -7,13 +7,16 @@ is what `cli.py train --nproc K` runs; multi-node is the same under plain torchr
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
 from trainer import checkpoint as ckpt
+from trainer import integrity
 from trainer import parallel
 from trainer import sp as seqpar
 from trainer.config import ModelConfig, TrainConfig, get_preset
@@ -98,18 +101,50 @@ def train(cfg: TrainConfig) -> dict:
     """Train `cfg.steps` optimizer steps; returns a summary (rank 0's view)."""
     env = parallel.init_distributed()
     try:
-        return _train(cfg, env)
-    finally:
-        parallel.cleanup()
+        summary = _train(cfg, env)
+    except BaseException:
+        parallel.cleanup(finished=False)
+        raise
+    parallel.cleanup(finished=True)  # every rank reaches the end together before the process group goes
+    return summary
+
+
+def pin_build(cfg: TrainConfig, seq_len: int, verify_data: bool) -> integrity.BuildFingerprint:
+    """The fingerprint of the build this run trains on, after the cheap checks of every file it will read (and a
+    re-hash of all of them with `verify_data`); DataError naming the first damaged file."""
+    if verify_data:
+        integrity.raise_problems(cfg.data, integrity.verify_build_data(cfg.data), "--verify-data:")
+    integrity.raise_problems(cfg.data, integrity.check_build_files(cfg.data, seq_len), "damaged build")
+    return integrity.build_fingerprint(cfg.data)
+
+
+def check_pinned(dataset: PackedDataset, fingerprint: integrity.BuildFingerprint) -> None:
+    """The shard directories the dataset holds are still those of `fingerprint` (no swap between reading the
+    manifest and pinning the directories)."""
+    moved = dataset.shards.files.still_in_place()
+    if moved or integrity.build_fingerprint(dataset.info.path) != fingerprint:
+        raise integrity.BuildChangedError(f"{dataset.info.path}: the build was replaced while this run started; "
+                                          "start it again")
 
 
 def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
     run = Path(cfg.out)
     settings, mcfg = resolve_run(cfg, env.world)
+    build_seq_len = read_build(cfg.data).seq_len
+    # --verify-data hashes once per node (the CLI launcher has hashed already when it started this run)
+    fingerprint = pin_build(cfg, build_seq_len, cfg.verify_data and env.local_rank == 0
+                            and not os.environ.get("MIDTRAIN_DATA_VERIFIED"))
+    if cfg.resume:  # before any weight is read: a checkpoint resumes only on the build it trained on
+        resume_path = ckpt.find_checkpoint(cfg.resume, cfg.resume_step)
+        note = integrity.check_resume_build(ckpt.read_trainer_state(resume_path).get("build"), fingerprint,
+                                            resume_path, cfg.data, cfg.allow_data_change)
+        if note and env.is_main:
+            warnings.warn(note, stacklevel=1)
     if env.is_main:
         run.mkdir(parents=True, exist_ok=True)
-        cfg.to_json(run / "train_config.json", resolved=settings.to_dict())
-    dataset = PackedDataset(cfg.data, mcfg.seq_len)
+        cfg.to_json(run / "train_config.json", resolved=settings.to_dict(), build=fingerprint.to_dict())
+    dataset = PackedDataset(cfg.data, mcfg.seq_len)  # pins the build's shard directories
+    check_pinned(dataset, fingerprint)
     model = build_model(mcfg, cfg, env, settings.dtype)
     spc = seqpar.init_sequence_parallel(settings.sp, env.rank, env.world)
     seqpar.enable_ulysses(model, spc)
@@ -150,7 +185,7 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
             if (cfg.save_every and step % cfg.save_every == 0) or step == settings.steps:
                 state = {"step": step, "data": loader.state_dict(), "schedule": schedule.state_dict(),
                          "config": dataclasses.asdict(cfg), "settings": settings.to_dict(),
-                         "model": dataclasses.asdict(mcfg)}
+                         "model": dataclasses.asdict(mcfg), "build": fingerprint.to_dict()}
                 ckpt.save_checkpoint(ckpt.checkpoint_dir(run, step), model, optimizer, state, env.rank)
     finally:
         if progress:
@@ -161,7 +196,8 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
         if env.is_main:
             ckpt.export_safetensors(run, weights, {"model": dataclasses.asdict(mcfg), "preset": cfg.preset,
                                                    "recipe": settings.recipe, "steps": settings.steps,
-                                                   "data": cfg.data, "seed": cfg.seed})
+                                                   "data": cfg.data, "seed": cfg.seed,
+                                                   "build": fingerprint.to_dict()})
     if env.is_main and cfg.plot:
         plot_loss(run)
     return last
@@ -200,7 +236,13 @@ def _train_step(step, model, optimizer, schedule, loader, mcfg, settings: RunSet
 def _progress(enabled: bool):
     if not enabled:
         return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
@@ -210,7 +252,17 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         raise SystemExit("usage: python -m trainer.train RUN/train_config.json")
-    train(TrainConfig.from_json(argv[0]))
+    try:
+        train(TrainConfig.from_json(argv[0]))
+    except (ckpt.CheckpointError, integrity.DataError, ckpt.DiskFullError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    # The run finished and the process group is gone: leave without the interpreter's shutdown, where C++ static
+    # destructors of library threads (gloo, OpenMP, DuckDB pools) can abort a finished rank ("terminate called
+    # without an active exception", issue 20) and make torchrun report a finished run as failed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

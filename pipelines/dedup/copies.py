@@ -42,12 +42,12 @@ from pipelines.dedup.global_stages import (
     RECORD,
     SIGN_RUN_DOCS,
     GlobalDedupConfig,
+    atomic_save_npy,
     bucket_task,
     first_survives,
     load_groups,
     offsets_path,
     partition_records,
-    save_npy_atomic,
 )
 from pipelines.stages import Stage
 from pipelines.steps.intermediate import intermediate_paths
@@ -122,7 +122,7 @@ class SignRawTexts(PipelineStep):
             if keys or not run_offsets:
                 flush()
         os.replace(tmp, path)
-        save_npy_atomic(offsets_path(path), np.stack(run_offsets))
+        atomic_save_npy(offsets_path(path), np.stack(run_offsets))
         self.stat_update("signed", value=written)
         return iter(())
 
@@ -151,7 +151,7 @@ def decide_copies(cfg: CopiesConfig) -> int:
     os.makedirs(os.path.join(cfg.work_dir, COPIES_DIR), exist_ok=True)
     for t in range(cfg.n_tasks):
         sel = slice(cuts[t], cuts[t + 1])
-        save_npy_atomic(cfg.copies_path(t), np.stack([copy[sel] & 0xFFFFFFFF, first[sel]], axis=1).astype(np.int64))
+        atomic_save_npy(cfg.copies_path(t), np.stack([copy[sel] & 0xFFFFFFFF, first[sel]], axis=1).astype(np.int64))
     return len(copy)
 
 

@@ -19,6 +19,7 @@ DECISIONS_SCHEMA = pa.schema([
     ("reason", pa.string()),        # why a kept document is dropped; null = kept (id repair only)
     ("duplicate_of", pa.int64()),   # key of the cluster's surviving document (dedup reasons only)
     ("doc_id", pa.string()),        # replacement doc_id (only when the record's id repeats in the build)
+    ("jaccard", pa.float64()),      # near-dup: estimated Jaccard with the survivor (MinHash signatures)
 ])
 
 
@@ -38,6 +39,8 @@ def write_decisions(work_dir: str, task: int, table: pa.Table) -> None:
     """Atomically write task `task`'s decisions (sorted by idx)."""
     path = decisions_path(work_dir, task)
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    if "jaccard" not in table.column_names:  # only near-dup decisions carry an estimate
+        table = table.append_column("jaccard", pa.nulls(table.num_rows, pa.float64()))
     table = table.select(DECISIONS_SCHEMA.names).cast(DECISIONS_SCHEMA).sort_by("idx")
     tmp = f"{path}.tmp.{os.getpid()}"
     pq.write_table(table, tmp)
@@ -49,4 +52,7 @@ def read_decisions(work_dir: str, task: int) -> pa.Table:
     path = decisions_path(work_dir, task)
     if not os.path.exists(path):
         return DECISIONS_SCHEMA.empty_table()
-    return pq.read_table(path, schema=DECISIONS_SCHEMA)
+    table = pq.read_table(path)
+    if "jaccard" not in table.column_names:  # decisions written before estimates were recorded
+        table = table.append_column("jaccard", pa.nulls(table.num_rows, pa.float64()))
+    return table.select(DECISIONS_SCHEMA.names).cast(DECISIONS_SCHEMA)

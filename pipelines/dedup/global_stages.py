@@ -20,8 +20,13 @@ per stage-A task (`pipelines.dedup.decisions`). No process ever holds the docume
      A repaired id that still collides with another id in the build is an error raised before anything is written.
    - exclusion: a kept document whose final id appears in another build's segments is dropped as `excluded`; it
      takes part in nothing after (it can be no survivor).
-   - `exact-dup`: equal normalised text; `url-dup`: equal URL; `near-dup`: connected through shared MinHash
-     bands. In each step the lowest key (first in build order) of a group survives.
+   - `exact-dup`: equal normalised text; `url-dup`: equal URL; `near-dup`: connected through candidate pairs
+     (sharing a MinHash band) that are confirmed by their estimated Jaccard (share of equal signature values,
+     from the `minhash_sig` stage A stored) >= the configured threshold; the estimate between a dropped document
+     and its survivor is kept in the decisions (`jaccard`) and shown in `documents.detail`. Candidate pairs of a
+     group: all pairs up to GROUP_ALL_PAIRS members, beyond that the first member with every other and each
+     member with the next (a large group of boilerplate is linked without a quadratic number of checks). In each
+     step the lowest key (first in build order) of a group survives.
    The reason says why the document itself went (the step that removed it); `duplicate_of` is the *final*
    survivor of its cluster, following the chain (an exact copy of a document that was then removed as a near
    duplicate points at the near duplicate's survivor), so it always names a kept document.
@@ -49,6 +54,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from pipelines.dedup.decisions import DECISIONS_SCHEMA, write_decisions
 from pipelines.errors import InputError
+from pipelines.io import atomic_save_npy
 from pipelines.stages import Stage
 from pipelines.steps.intermediate import intermediate_paths
 
@@ -58,6 +64,7 @@ ID, EXACT, URL, BAND = range(len(KINDS))
 EXCLUDED_MARK = np.iinfo(np.int64).min  # key of an id record that comes from another build's segments
 MAX_BUCKETS = 1024
 CHUNK_RECORDS = 1 << 21  # records sorted at once by a bucket task (~50 MB + sort temporaries: ~250 MB)
+GROUP_ALL_PAIRS = 64  # band groups up to this size have every member pair checked
 SIGN_RUN_DOCS = 1 << 15  # documents per sorted run of a dedup_sign task (~40 records each with MinHash bands)
 EXCLUDE_RUN_IDS = 1 << 20  # ids (Python strings) per sorted run written by an exclusion task
 
@@ -90,6 +97,7 @@ class GlobalDedupConfig:
     exclude: tuple[str, ...] = ()
     chunk_records: int = CHUNK_RECORDS
     sign_run_docs: int = SIGN_RUN_DOCS
+    minhash_threshold: float | None = None  # confirm candidate pairs by estimated Jaccard (None: band-only)
 
     @property
     def root(self) -> str:
@@ -160,19 +168,12 @@ def write_partitioned(path: str, records: list[np.ndarray], kinds: list[int], n_
     """One sorted run (`partition_records`) as .npy + its offsets (atomically, offsets last)."""
     rec, offsets = partition_records(records, kinds, n_buckets)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_npy_atomic(path, rec)
-    save_npy_atomic(offsets_path(path), offsets)
+    atomic_save_npy(path, rec)
+    atomic_save_npy(offsets_path(path), offsets)
 
 
 def offsets_path(records_path: str) -> str:
     return records_path.rsplit(".", 1)[0] + ".offsets.npy"
-
-
-def save_npy_atomic(path: str, arr: np.ndarray) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------- stage 1
@@ -217,7 +218,7 @@ def sign_task(cfg: GlobalDedupConfig, task: int) -> None:
         if pending_docs or not run_offsets:
             flush()
     os.replace(tmp, path)
-    save_npy_atomic(offsets_path(path), np.stack(run_offsets))
+    atomic_save_npy(offsets_path(path), np.stack(run_offsets))
 
 
 def _sign_batch(batch: pa.RecordBatch, cols: list[str], keys: np.ndarray, records: list[np.ndarray],
@@ -481,6 +482,7 @@ class Clusters:
     repaired: np.ndarray  # keys whose record id repeats an earlier one
     keys_held: int  # distinct document keys loaded: only those sharing a hash with another record
     band_members_held: int  # (group, key) pairs of MinHash band groups kept after collapsing identical ones
+    jaccard: np.ndarray | None = None  # near-dups: estimated Jaccard with the survivor (NaN: not estimated)
 
 
 DEDUP_REASONS = ("exact-dup", "url-dup", "near-dup")
@@ -523,13 +525,17 @@ def first_survives(gid: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def _components(gid: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(dropped keys, component's lowest key): documents linked through any shared group form one component."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     if len(gid) == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     roots = key[_roots(gid)]
-    u, v = roots[roots != key], key[roots != key]
+    return _components_of_edges(roots[roots != key], key[roots != key])
+
+
+def _components_of_edges(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(dropped keys, component's lowest key) of the graph of edges u[i] - v[i]."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     if len(u) == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     nodes, inv = np.unique(np.concatenate([u, v]), return_inverse=True)
@@ -540,6 +546,75 @@ def _components(gid: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarra
     np.minimum.at(low, label, nodes)  # nodes are sorted, so the lowest key of a component
     comp_root = low[label]
     return nodes[nodes != comp_root], comp_root[nodes != comp_root]
+
+
+def candidate_pairs(gid: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (u < v) key pairs proposed by band groups: all pairs of a group up to GROUP_ALL_PAIRS members,
+    else the first member with each other one and each member with the next."""
+    us, vs = [], []
+    starts = np.flatnonzero(_first_of_group(gid))
+    for s, e in zip(starts.tolist(), np.append(starts[1:], len(gid)).tolist()):
+        members = key[s:e]
+        m = len(members)
+        if m <= GROUP_ALL_PAIRS:
+            i, j = np.triu_indices(m, 1)
+            us.append(members[i]), vs.append(members[j])
+        else:
+            us += [np.repeat(members[0], m - 1), members[1:-1]]
+            vs += [members[1:], members[2:]]
+    if not us:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    u, v = np.concatenate(us), np.concatenate(vs)
+    lo, hi = np.minimum(u, v), np.maximum(u, v)
+    pairs = np.unique(np.stack([lo, hi], axis=1), axis=0)
+    return pairs[:, 0], pairs[:, 1]
+
+
+class Signatures:
+    """The stored MinHash signatures (stage A's `minhash_sig`) of some documents, read task by task."""
+
+    def __init__(self, cfg: GlobalDedupConfig, keys: np.ndarray):
+        self.keys = np.unique(keys)
+        self.sig: np.ndarray | None = None
+        self.known = np.zeros(len(self.keys), bool)
+        tasks = self.keys >> 32
+        for t in np.unique(tasks).tolist():
+            path = intermediate_paths(os.path.join(cfg.work_dir, "docs"), t)[0]
+            if "minhash_sig" not in pq.ParquetFile(path).schema_arrow.names:
+                continue  # intermediates from before signatures were stored: candidates stay unconfirmed
+            sel = np.flatnonzero(tasks == t)
+            col = pq.read_table(path, columns=["minhash_sig"]).column(0).take(pa.array(self.keys[sel] & 0xFFFFFFFF))
+            for i, v in zip(sel.tolist(), col.to_pylist()):
+                if v:
+                    if self.sig is None:
+                        self.sig = np.zeros((len(self.keys), len(v) // 4), np.uint32)
+                    self.sig[i] = np.frombuffer(v, np.uint32)
+                    self.known[i] = True
+
+    def jaccard(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Estimated Jaccard of each pair; NaN where a signature is missing."""
+        out = np.full(len(u), np.nan)
+        if self.sig is None or len(u) == 0:
+            return out
+        iu, iv = np.searchsorted(self.keys, u), np.searchsorted(self.keys, v)
+        ok = self.known[iu] & self.known[iv]
+        out[ok] = (self.sig[iu[ok]] == self.sig[iv[ok]]).mean(axis=1)
+        return out
+
+
+def _near_dups(cfg: GlobalDedupConfig, gid: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dropped keys, survivor keys, estimated Jaccard with the survivor) of near-duplicate clusters: candidate
+    pairs confirmed by their estimated Jaccard when a threshold is configured (unconfirmable pairs, without stored
+    signatures, stay linked as before)."""
+    if cfg.minhash_threshold is None:
+        d, p = _components(gid, key)
+        return d, p, np.full(len(d), np.nan)
+    u, v = candidate_pairs(gid, key)
+    sigs = Signatures(cfg, np.concatenate([u, v]))
+    est = sigs.jaccard(u, v)
+    keep = np.isnan(est) | (est >= cfg.minhash_threshold)
+    d, p = _components_of_edges(u[keep], v[keep])
+    return d, p, sigs.jaccard(d, p)
 
 
 def cluster(cfg: GlobalDedupConfig) -> Clusters:
@@ -567,17 +642,19 @@ def cluster(cfg: GlobalDedupConfig) -> Clusters:
 
     # dedup among what is left, in order exact -> url -> near; each step's losers leave the later steps
     gone = excluded
-    dropped, parent, reason = [], [], []
+    dropped, parent, reason, jac = [], [], [], []
     for r, name in enumerate(("exact", "url")):
         gid, key = _drop_members(*g[name], gone)
         d, p = first_survives(gid, key)
         dropped.append(d), parent.append(p), reason.append(np.full(len(d), r, np.int8))
+        jac.append(np.full(len(d), np.nan))
         gone = np.union1d(gone, d)
-    d, p = _components(*_drop_members(*g["band"], gone))
-    dropped.append(d), parent.append(p), reason.append(np.full(len(d), 2, np.int8))
+    d, p, j = _near_dups(cfg, *_drop_members(*g["band"], gone))
+    dropped.append(d), parent.append(p), reason.append(np.full(len(d), 2, np.int8)), jac.append(j)
     dropped_k, parent_k, reason_k = np.concatenate(dropped), np.concatenate(parent), np.concatenate(reason)
     order = np.argsort(dropped_k, kind="stable")
     dropped_k, parent_k, reason_k = dropped_k[order], parent_k[order], reason_k[order]
+    jaccard_k = np.concatenate(jac)[order]
     # follow parents to the final survivor (an exact copy's root may have gone as a url- or near-dup)
     survivor = parent_k.copy()
     while True:
@@ -587,7 +664,7 @@ def cluster(cfg: GlobalDedupConfig) -> Clusters:
         if not hop.any():
             break
         survivor[hop] = parent_k[i[hop]]
-    return Clusters(dropped_k, reason_k, survivor, excluded, repaired, keys_held, len(g["band"][0]))
+    return Clusters(dropped_k, reason_k, survivor, excluded, repaired, keys_held, len(g["band"][0]), jaccard_k)
 
 
 def describe_key(cfg: GlobalDedupConfig, key: int) -> str:
@@ -608,18 +685,23 @@ def write_all_decisions(cfg: GlobalDedupConfig, c: Clusters) -> None:
         excl = c.excluded[cut_e[t]:cut_e[t + 1]] & 0xFFFFFFFF
         rep = c.repaired[cut_r[t]:cut_r[t + 1]] & 0xFFFFFFFF
         rows: dict[int, dict] = {}
-        for idx, r, s in zip((c.dropped[d] & 0xFFFFFFFF).tolist(), c.reason[d].tolist(), c.survivor[d].tolist()):
-            rows[idx] = {"idx": idx, "reason": DEDUP_REASONS[r], "duplicate_of": s, "doc_id": None}
+        jac = c.jaccard[d] if c.jaccard is not None else np.full(d.stop - d.start, np.nan)
+        for idx, r, s, j in zip((c.dropped[d] & 0xFFFFFFFF).tolist(), c.reason[d].tolist(), c.survivor[d].tolist(),
+                                jac.tolist()):
+            rows[idx] = {"idx": idx, "reason": DEDUP_REASONS[r], "duplicate_of": s, "doc_id": None,
+                         "jaccard": None if j != j else round(j, 4)}
         if len(excl) or len(rep):
             cols = pq.read_table(intermediate_paths(os.path.join(cfg.work_dir, "docs"), t)[0],
                                  columns=["doc_id", "file", "line", "status"])
             status = cols.column("status").take(pa.array(excl)).to_pylist()
             for idx, st in zip(excl.tolist(), status):
                 if st == "kept":
-                    rows[idx] = {"idx": idx, "reason": "excluded", "duplicate_of": None, "doc_id": None}
+                    rows[idx] = {"idx": idx, "reason": "excluded", "duplicate_of": None, "doc_id": None,
+                                 "jaccard": None}
             sub = cols.take(pa.array(rep)).to_pydict()
             for idx, i, f, ln in zip(rep.tolist(), sub["doc_id"], sub["file"], sub["line"]):
-                row = rows.setdefault(idx, {"idx": idx, "reason": None, "duplicate_of": None, "doc_id": None})
+                row = rows.setdefault(idx, {"idx": idx, "reason": None, "duplicate_of": None, "doc_id": None,
+                                            "jaccard": None})
                 row["doc_id"] = repaired_doc_id(i, f, ln)
         table = pa.Table.from_pylist(list(rows.values()), schema=DECISIONS_SCHEMA)
         write_decisions(cfg.work_dir, t, table)
@@ -687,7 +769,8 @@ def config_for(ctx) -> GlobalDedupConfig:
     dc = DedupConfig.from_spec(ctx.spec.dedup) if ctx.spec.dedup is not None else None
     return GlobalDedupConfig(work_dir=ctx.work_dir, n_tasks=len(ctx.tasks), n_buckets=n_buckets_for(len(ctx.tasks)),
                              exact=bool(dc and dc.exact), url=bool(dc and dc.url), minhash=bool(dc and dc.minhash),
-                             exclude=tuple(ctx.opts.exclude), sign_run_docs=SIGN_RUN_DOCS)
+                             exclude=tuple(ctx.opts.exclude), sign_run_docs=SIGN_RUN_DOCS,
+                             minhash_threshold=dc.verify_threshold if dc else None)
 
 
 def stages_for(cfg: GlobalDedupConfig) -> list[Stage]:

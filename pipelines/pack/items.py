@@ -112,22 +112,26 @@ class ApplyDecisions(PipelineStep):
         reason = docs["reason"].to_numpy(zero_copy_only=False).astype(object)
         n_copies = docs["n_copies"].to_numpy().astype(np.int32)
         doc_id = docs["doc_id"].to_numpy(zero_copy_only=False).astype(object)
+        detail = docs["detail"].to_numpy(zero_copy_only=False).astype(object)
         dup_of = np.full(n, -1, dtype=np.int64)
-        for i, r, dup, new_id in zip((dec["idx"].to_numpy() - row0).tolist(), dec["reason"].to_pylist(),
-                                     dec["duplicate_of"].to_pylist(), dec["doc_id"].to_pylist()):
+        for i, r, dup, new_id, jac in zip((dec["idx"].to_numpy() - row0).tolist(), dec["reason"].to_pylist(),
+                                          dec["duplicate_of"].to_pylist(), dec["doc_id"].to_pylist(),
+                                          dec["jaccard"].to_pylist()):
             if new_id is not None:
                 doc_id[i] = new_id
             if r is not None and status[i] == "kept":
                 status[i], reason[i], n_copies[i] = "dropped", r, 0
                 if dup is not None:
                     dup_of[i] = dup
+                if jac is not None:  # near-dup: why it counted as one
+                    detail[i] = f"estimated jaccard {jac:.3f} with duplicate_of (MinHash)"
         keys = doc_key(task, row0) + np.arange(n, dtype=np.int64)
         part = pa.table({
             "key": keys, "doc_id": pa.array(doc_id, pa.string()), "source": docs["source"], "file": docs["file"],
             "line": docs["line"], "n_chars": docs["n_chars"], "n_tokens": docs["n_tokens"],
             "status": pa.array(status, pa.string()), "reason": pa.array(reason, pa.string()),
             "n_copies": pa.array(n_copies, pa.int32()), "duplicate_of_key": pa.array(dup_of, pa.int64(), mask=dup_of < 0),
-            "detail": docs["detail"],
+            "detail": pa.array(detail, pa.string()),
         }, schema=DOC_PART_SCHEMA)
         return part, doc_id, status, n_copies
 

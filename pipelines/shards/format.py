@@ -6,11 +6,12 @@ and nothing here is undocumented).
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
+from pipelines.io import sha256_file  # noqa: F401  (re-exported: the hash the manifest records)
 
 MANIFEST = "manifest.duckdb"
 SHARDS_DIR = "shards"
@@ -48,14 +49,6 @@ def mask_path_of(shard: str | Path) -> Path:
     return Path(str(shard).removesuffix(".npy") + ".mask.npy")
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 # Per-shard index (`shard-NNNNN.idx.arrow`, Arrow IPC file): one row per segment, sorted by (row, start).
 INDEX_SCHEMA = pa.schema([
     ("doc_id", pa.string()),
@@ -79,6 +72,7 @@ TABLES: dict[str, pa.Schema] = {
     "shards": pa.schema([
         ("path", pa.string()), ("n_rows", pa.int64()), ("n_tokens", pa.int64()), ("n_pad", pa.int64()),
         ("sha256", pa.string()), ("n_segments", pa.int64()),
+        ("index_sha256", pa.string()), ("mask_sha256", pa.string()),  # every file the trainer reads is hashed
     ]),
     "shard_sources": pa.schema([  # per shard and source: written tokens and the padding attributed to them
         ("shard", pa.string()), ("source", pa.string()), ("n_tokens", pa.int64()), ("n_pad", pa.float64()),
@@ -102,6 +96,7 @@ TABLES: dict[str, pa.Schema] = {
         ("packing", pa.string()), ("has_loss_mask", pa.bool_()), ("format_version", pa.int64()),
         ("target_tokens", pa.float64()),  # the spec's `tokens:` (null without one)
         ("source_map", pa.string()),      # the --source-map items (JSON list)
+        ("tables_sha256", pa.string()),   # JSON table -> digest of its content as written (`table_digests`)
     ]),
     "contamination": pa.schema([
         ("doc_id", pa.string()), ("benchmark", pa.string()), ("item_id", pa.string()), ("n_matches", pa.int64()),
@@ -157,3 +152,38 @@ VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
     "padding": ("source", "n_tokens", "n_pad", "pad_fraction"),
     "share_plan": ("source", "planned_share", "achieved_share", "planned_tokens", "achieved_tokens"),
 }
+
+
+DIGESTED_TABLES = ("documents", "segments", "shards", "shard_sources", "files", "sources", "contamination", "build")
+
+
+def table_digests(con) -> dict[str, str]:
+    """Order-free digest of every table's content: "<rows>:<sum of each row's md5 (low 64 bits) mod 2**64>". The
+    `build` row is digested without `tables_sha256` (where the digests are kept). Written with the manifest,
+    recomputed by `verify`: an edited count, drop reason or seed changes its table's digest."""
+    out = {}
+    for name in DIGESTED_TABLES:
+        exclude = " EXCLUDE (tables_sha256)" if name == "build" else ""
+        n, total = con.execute(
+            f"SELECT count(*), (coalesce(sum(md5_number_lower(CAST(t AS VARCHAR))::HUGEINT), 0) "
+            f"% 18446744073709551616)::UBIGINT FROM (SELECT *{exclude} FROM {name}) t").fetchone()
+        out[name] = f"{n}:{total:016x}"
+    return out
+
+
+# Written by a passing `verify` beside the manifest: {"fingerprint": <trainer build fingerprint>, "files": {path:
+# [size, mtime_ns]}} for every file the trainer reads, so a trainer tells cheaply whether one changed since.
+VERIFIED_MARKER = "verified.json"
+
+
+def file_stats(build: str | Path, rels: list[str]) -> dict[str, list[int]]:
+    """[size, mtime_ns] of each existing file (paths relative to the build): the verify marker's record."""
+    build = Path(build)
+    out = {}
+    for rel in rels:
+        try:
+            st = (build / rel).stat()
+        except FileNotFoundError:
+            continue
+        out[rel] = [st.st_size, st.st_mtime_ns]
+    return out

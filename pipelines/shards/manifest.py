@@ -27,6 +27,7 @@ from pipelines.shards.format import (
     TABLES,
     VIEWS,
     sha256_file,
+    table_digests,
     token_dtype,
 )
 from pipelines.shards.reader import connect
@@ -180,6 +181,8 @@ class WriteManifest(PipelineStep):
         for name in ("tasks_in", "sources_in", "build_in"):
             con.unregister(name)
         con.execute("DROP TABLE outcome")
+        # last: the digest of every table as written, so `verify` notices any later edit
+        con.execute("UPDATE build SET tables_sha256 = ?", [json.dumps(table_digests(con), sort_keys=True)])
 
     def _build_row(self) -> dict:
         ctx = self.ctx
@@ -198,5 +201,6 @@ class WriteManifest(PipelineStep):
             "packing": json.dumps(ctx.spec.packing), "has_loss_mask": ctx.with_mask,
             "format_version": FORMAT_VERSION,
             "target_tokens": ctx.spec.tokens, "source_map": json.dumps(list(ctx.opts.source_map)),
+            "tables_sha256": None,  # filled in once every table exists (`_tables`)
         }
 

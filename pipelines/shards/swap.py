@@ -27,6 +27,7 @@ from pipelines import _logging  # noqa: F401  (quiet datatrove console in every 
 from pipelines.shards.format import (
     MANIFEST,
     SHARDS_DIR,
+    VERIFIED_MARKER,
 )
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ def swap_in(out: Path) -> None:
     """Replace the previous build (if any) by OUT/shards.next + OUT/manifest.duckdb.tmp (see the module doc)."""
     manifest, prev_manifest, tmp_manifest = out / MANIFEST, out / (MANIFEST + ".prev"), out / (MANIFEST + ".tmp")
     shards, prev_shards, next_shards = out / SHARDS_DIR, out / (SHARDS_DIR + ".prev"), out / (SHARDS_DIR + ".next")
+    (out / VERIFIED_MARKER).unlink(missing_ok=True)  # it vouches for the previous build, not this one
     if manifest.exists():
         os.replace(manifest, prev_manifest)
     if shards.exists():

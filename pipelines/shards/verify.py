@@ -1,8 +1,12 @@
-"""`verify OUT`: re-hash every shard and reconcile the manifest's counts with the files on disk.
+"""`verify OUT`: re-hash every file the trainer reads and reconcile every count of the manifest.
 
-Shards are checked in blocks by a process pool (sha256, dtype and shape of the .npy, rows and tokens of the
-.idx.arrow against the manifest's per-shard counts), each worker holding one shard's index at a time; the
-document-level reconciliation runs as DuckDB queries (out of core).
+Shards are checked in blocks by a process pool (sha256 of the .npy, its .idx.arrow and .mask.npy, dtype and shape of
+the .npy, rows and tokens of the index against the manifest's per-shard counts), each worker holding one shard's
+index at a time. Then, as DuckDB queries (out of core): every count table (`shards`, `shard_sources`, `files`,
+`sources`) is reconciled against `documents`/`segments`, and every table's content against the digest the build
+recorded (`build.tables_sha256`), which catches what no count can (a changed drop reason, an edited seed).
+Problems name the file or the table. A passing verify leaves `verified.json` (the trainer's cheap check that no
+file changed since, trainer/integrity.py).
 """
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from pipelines.shards.format import index_path_of, mask_path_of, sha256_file
+from pipelines.shards.format import DIGESTED_TABLES, index_path_of, mask_path_of, sha256_file, table_digests
 from pipelines.shards.reader import connect
 from pipelines.shards.swap import recover_interrupted_swap
 
@@ -43,6 +48,10 @@ def check_shard(out: Path, shard: dict, seq_len: int, dtype: str, n_segments: in
         problems.append(f"{path}: {arr.size} tokens, manifest says {shard['n_tokens']}")
     if has_mask and not (out / mask_path_of(path)).exists():
         problems.append(f"{path}: loss mask {mask_path_of(path)} missing")
+    for rel, col in ((index_path_of(path), "index_sha256"), (mask_path_of(path), "mask_sha256")):
+        want = shard.get(col)
+        if want and (out / rel).exists() and sha256_file(out / rel) != want:
+            problems.append(f"{rel}: sha256 differs from the manifest (shards.{col})")
     idx_path = out / index_path_of(path)
     try:
         idx = pa.ipc.open_file(str(idx_path)).read_all()
@@ -50,7 +59,7 @@ def check_shard(out: Path, shard: dict, seq_len: int, dtype: str, n_segments: in
         return problems + [f"{path}: index {index_path_of(path)} unreadable ({e})"]
     if idx.num_rows != n_segments:
         problems.append(f"{path}: index has {idx.num_rows} segments, manifest {n_segments}")
-    covered = int(pa.compute.sum(idx["length"]).as_py() or 0)
+    covered = int(pc.sum(idx["length"]).as_py() or 0)
     if covered != seg_tokens or shard["n_tokens"] - shard["n_pad"] != seg_tokens:
         problems.append(f"{path}: index covers {covered} tokens, manifest segments {seg_tokens}, "
                         f"n_tokens - n_pad = {shard['n_tokens'] - shard['n_pad']}")
@@ -72,13 +81,16 @@ def verify_build(out: str | Path, workers: int | None = None) -> list[str]:
     con = connect(out)
     problems: list[str] = []
     seq_len, dtype, has_mask = con.execute("SELECT seq_len, dtype, has_loss_mask FROM build").fetchone()
-    rows = con.execute("""
-        SELECT s.path, s.n_rows, s.n_tokens, s.n_pad, s.sha256, coalesce(g.n, 0), coalesce(g.tokens, 0)
+    shard_cols = _columns(con, "shards")
+    hashes = ", ".join(c if c in shard_cols else f"NULL AS {c}" for c in ("index_sha256", "mask_sha256"))
+    rows = con.execute(f"""
+        SELECT s.path, s.n_rows, s.n_tokens, s.n_pad, s.sha256, {hashes}, coalesce(g.n, 0), coalesce(g.tokens, 0)
         FROM shards s LEFT JOIN (SELECT shard, count(*) AS n, sum(length)::BIGINT AS tokens FROM segments
                                  GROUP BY shard) g ON g.shard = s.path
         ORDER BY s.path""").fetchall()
-    shards = [({"path": p, "n_rows": r, "n_tokens": t, "n_pad": pad, "sha256": sha}, n, tok)
-              for p, r, t, pad, sha, n, tok in rows]
+    shards = [({"path": p, "n_rows": r, "n_tokens": t, "n_pad": pad, "sha256": sha, "index_sha256": isha,
+                "mask_sha256": msha}, n, tok)
+              for p, r, t, pad, sha, isha, msha, n, tok in rows]
     blocks = [(out, shards[i:i + SHARDS_PER_BLOCK], seq_len, dtype, bool(has_mask))
               for i in range(0, len(shards), SHARDS_PER_BLOCK)]
     workers = workers or min(len(blocks), os.cpu_count() or 1)
@@ -120,5 +132,74 @@ def verify_build(out: str | Path, workers: int | None = None) -> list[str]:
         "SELECT count(*) FROM segments s ANTI JOIN documents d ON s.doc_id = d.doc_id AND d.status = 'kept'").fetchone()
     if orphans:
         problems.append(f"{orphans} segments belong to no kept document")
+    problems += reconcile_counts(con) + check_digests(con)
     con.close()
     return problems
+
+
+def _columns(con, table: str) -> set[str]:
+    return {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                                      [table]).fetchall()}
+
+
+# each query returns the rows where a count table disagrees with what documents/segments say
+RECONCILE = {
+    "shards": """
+        SELECT s.path, s.n_segments, coalesce(g.n, 0) FROM shards s
+        LEFT JOIN (SELECT shard, count(*) AS n FROM segments GROUP BY shard) g ON g.shard = s.path
+        WHERE s.n_segments IS DISTINCT FROM coalesce(g.n, 0)""",
+    "shard_sources": """
+        WITH seg AS (SELECT s.shard, d.source, sum(s.length)::BIGINT AS n_tokens
+                     FROM segments s JOIN documents d USING (doc_id) GROUP BY ALL)
+        SELECT coalesce(a.shard, b.shard) || ' / ' || coalesce(a.source, b.source), a.n_tokens, b.n_tokens
+        FROM shard_sources a FULL JOIN seg b ON a.shard = b.shard AND a.source = b.source
+        WHERE a.n_tokens IS DISTINCT FROM b.n_tokens""",
+    "files": """
+        WITH d AS (SELECT source, file, count(*) AS n_records, count(*) FILTER (WHERE status = 'kept') AS n_kept,
+                          count(*) FILTER (WHERE status = 'dropped') AS n_dropped FROM documents GROUP BY ALL)
+        SELECT f.source || ' ' || f.file, [f.n_records, f.n_kept, f.n_dropped],
+               [coalesce(d.n_records, 0), coalesce(d.n_kept, 0), coalesce(d.n_dropped, 0)]
+        FROM files f LEFT JOIN d USING (source, file)
+        WHERE [f.n_records, f.n_kept, f.n_dropped] <> [coalesce(d.n_records, 0), coalesce(d.n_kept, 0),
+                                                      coalesce(d.n_dropped, 0)]""",
+    "sources": """
+        WITH d AS (SELECT source, count(*) AS n_docs FROM documents GROUP BY source),
+             f AS (SELECT source, count(*) AS n_files FROM files GROUP BY source)
+        SELECT s.source, [s.n_docs, s.n_files], [coalesce(d.n_docs, 0), coalesce(f.n_files, 0)]
+        FROM sources s LEFT JOIN d USING (source) LEFT JOIN f USING (source)
+        WHERE [s.n_docs, s.n_files] <> [coalesce(d.n_docs, 0), coalesce(f.n_files, 0)]""",
+}
+RECONCILE_WHAT = {"shards": "n_segments vs segments", "shard_sources": "n_tokens vs Σ segments.length per source",
+                  "files": "[n_records, n_kept, n_dropped] vs documents",
+                  "sources": "[n_docs, n_files] vs documents and files"}
+
+
+def reconcile_counts(con) -> list[str]:
+    """Every count table against documents/segments; one problem per table, naming it and the first bad row."""
+    problems = []
+    for table, query in RECONCILE.items():
+        bad = con.execute(query).fetchall()
+        if bad:
+            what, stored, actual = bad[0]
+            more = f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""
+            problems.append(f"table {table}: {what}: {RECONCILE_WHAT[table]} is {stored}, documents/segments say "
+                            f"{actual}{more}")
+    return problems
+
+
+def check_digests(con) -> list[str]:
+    """Every table's content against the digest recorded when the build was written (builds before issue 20
+    recorded none)."""
+    if "tables_sha256" not in _columns(con, "build"):
+        return []
+    stored, = con.execute("SELECT tables_sha256 FROM build").fetchone()
+    if not stored:
+        return ["table build: tables_sha256 is empty (the manifest was edited, or written by an unfinished build)"]
+    try:
+        want = json.loads(stored)
+    except ValueError:
+        return ["table build: tables_sha256 is not JSON (the manifest was edited)"]
+    now = table_digests(con)
+    return [f"table {name}: content differs from the digest recorded when the build was written "
+            f"(build.tables_sha256: {want.get(name)} vs {now[name]}); the manifest was edited after the build"
+            for name in DIGESTED_TABLES if want.get(name) != now[name]]

@@ -31,6 +31,7 @@ from pipelines.shards.format import (
     index_name,
     mask_name,
     shard_name,
+    sha256_file,
     shard_path,
     token_dtype,
 )
@@ -252,11 +253,11 @@ class WriteShards(PipelineStep):
             n_segments += plan.num_rows
         index_writer.close()
         sha = tokens.close()
-        if masks:
-            masks.close()
+        mask_sha = masks.close() if masks else None
         n_tokens = (r1 - r0) * L
         shard_row = {"path": path, "n_rows": r1 - r0, "n_tokens": n_tokens, "n_pad": n_tokens - covered,
-                     "sha256": sha, "n_segments": n_segments}
+                     "sha256": sha, "n_segments": n_segments, "mask_sha256": mask_sha,
+                     "index_sha256": sha256_file(out_dir / index_name(i))}
         per_source = [{"shard": path, "source": self.source_names[s], "n_tokens": int(src_tokens[s]),
                        "n_pad": float(src_pad[s])} for s in np.nonzero(src_tokens)[0].tolist()]
         return shard_row, per_source

@@ -18,6 +18,7 @@ from pipelines.steps.tasks import FileTask
 EXTRA_COLUMNS: dict[str, pa.DataType] = {
     "text_hash": pa.int64(),
     "minhash": pa.list_(pa.int64()),
+    "minhash_sig": pa.binary(),  # the whole MinHash signature (uint32 values): candidate pairs are confirmed by it
     "url": pa.string(),
     "contamination": pa.list_(pa.struct([("benchmark", pa.string()), ("item_id", pa.string()), ("n_matches", pa.int64())])),
     "copy_of": pa.int64(),  # key of the earlier document this one copies exactly (not tokenized: pipelines.dedup.copies)
