@@ -181,6 +181,17 @@ def resolve_config(cfg: TrainConfig, nproc: int, seed: int | None, seeds: str | 
     return cfg, run_seeds
 
 
+def check_eval_request(cfg: TrainConfig) -> None:
+    """ValueError when evaluation is asked for but cannot run: an unknown task, or nothing to evaluate."""
+    from trainer.evaluate import list_heldout
+    from trainer.tasks import parse_tasks
+
+    tasks = parse_tasks(cfg.eval_tasks)
+    if cfg.eval_every and not tasks and not list_heldout(cfg.data):
+        raise ValueError(f"--eval-every {cfg.eval_every}: build {cfg.data} has no held-out data (holdout/) and no "
+                         "--eval-tasks were given, so there is nothing to evaluate")
+
+
 def train_seeds(cfg: TrainConfig, seeds: list[int], nproc: int) -> int:
     """One run, or a soup of one run per seed; the exit code."""
     return train_soup(cfg, seeds, nproc) if len(seeds) > 1 else run_one(cfg, nproc)
@@ -269,6 +280,17 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         sp: Annotated[Optional[int], typer.Option(help="Ulysses sequence parallelism: processes sharing one row "
                                                   "(must divide --nproc, the heads and the row length; default: "
                                                   "the recipe's, else 1).")] = None,
+        eval_every: Annotated[int, typer.Option(help="Evaluate every N steps and at the end: loss and bits per "
+                                                "byte on each source's held-out documents (BUILD/holdout/) and the "
+                                                "--eval-tasks; rows {\"step\", \"eval\", \"tasks\"} in "
+                                                "metrics.jsonl, drawn in eval.png. 0: off (or only at the end "
+                                                "when --eval-tasks is given).")] = 0,
+        eval_tasks: Annotated[Optional[str], typer.Option(help="Comma-separated downstream tasks scored by "
+                                                          "log-likelihood as lm-eval does: arc_easy, "
+                                                          "arc_challenge, hellaswag, mmlu, boolq (acc, acc_norm, "
+                                                          "bpb), gsm8k (bpb of the gold solution), or paths to "
+                                                          "JSONL files in the benchmarks' shape.")] = None,
+        eval_limit: Annotated[int, typer.Option(help="Items per task (the first N of the file; 0: all).")] = 200,
         plan: Annotated[bool, typer.Option(help="Print the per-GPU memory plan (params, grads, optimizer, "
                                            "activations, logits chunks) for --preset/--seq-len/--sp/--nproc/"
                                            "--act-ckpt and exit; e.g. --preset instella-3b --seq-len 262144 "
@@ -291,7 +313,9 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                 dtype=dtype, compile=compile, act_ckpt=act_ckpt, replicate=replicate, attn_backend=attn_backend,
                 save_every=save_every, resume=str(resume) if resume else None, resume_step=resume_step,
                 init_from=init_from, peak_tflops=peak_tflops, log_every=log_every, progress=progress,
+                eval_every=eval_every, eval_tasks=eval_tasks, eval_limit=eval_limit,
                 extra={"sp": sp} if sp else {})
+            check_eval_request(cfg)
             cfg, run_seeds = resolve_config(cfg, nproc, seed, seeds)
         except (ValueError, FileNotFoundError) as e:
             fail(str(e))

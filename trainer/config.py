@@ -128,6 +128,10 @@ class TrainConfig:
     plot: bool = True
     peak_tflops: float | None = None  # per device, for MFU; default from the GPU name, None on CPU
     progress: bool = True
+    # in-loop evaluation (trainer/evaluate.py): held-out bpb per source + downstream tasks
+    eval_every: int = 0  # evaluate every N steps and at the end; 0 with eval_tasks: only at the end
+    eval_tasks: str | None = None  # comma-separated task names (../shared/data/benchmarks) or JSONL paths
+    eval_limit: int = 200  # items per task
     extra: dict = field(default_factory=dict)  # free slot for extensions ("sp": Ulysses sequence parallelism)
 
     def __post_init__(self) -> None:
@@ -146,7 +150,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
-        for name in ("warmup", "weight_decay", "grad_clip", "final_lr_ratio"):
+        for name in ("warmup", "weight_decay", "grad_clip", "final_lr_ratio", "eval_every", "eval_limit"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")

@@ -18,6 +18,7 @@ from trainer import parallel
 from trainer import sp as seqpar
 from trainer.config import ModelConfig, TrainConfig, get_preset
 from trainer.data import PackedDataset, StepLoader, read_build
+from trainer.evaluate import make_evaluator, plot_eval
 from trainer.metrics import MetricsLog, peak_flops, plot_loss, step_flops
 from trainer.model import Transformer
 from trainer.optim import LRSchedule, build_optimizer, set_lr
@@ -128,6 +129,7 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
         loader.load_state_dict(state["data"])
         start = state["step"]
     log = MetricsLog(run, env.is_main, resume_step=start)
+    evaluator = make_evaluator(cfg, mcfg.seq_len, env)  # None unless --eval-every / --eval-tasks
     peak = peak_flops(env.device, cfg.peak_tflops)
     progress = _progress(env.is_main and cfg.progress)
     task = progress.add_task("train", total=settings.steps, completed=start, loss=float("nan")) if progress else None
@@ -147,6 +149,8 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
                 log.log(last)
             if progress:
                 progress.update(task, completed=step, loss=last["loss"])
+            if evaluator and evaluator.cfg.due(step, settings.steps):
+                log.log(evaluator(model, step))  # collective: every rank evaluates, rank 0 writes
             if (cfg.save_every and step % cfg.save_every == 0) or step == settings.steps:
                 state = {"step": step, "data": loader.state_dict(), "schedule": schedule.state_dict(),
                          "config": dataclasses.asdict(cfg), "settings": settings.to_dict(),
@@ -164,6 +168,7 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
                                                    "data": cfg.data, "seed": cfg.seed})
     if env.is_main and cfg.plot:
         plot_loss(run)
+        plot_eval(run)
     return last
 
 
