@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer import tasks as task_lib
-from trainer.data import Sample, collate
+from trainer.data import IGNORE, Sample, collate
 
 LN2 = math.log(2)
 HOLDOUT_DIR = "holdout"
@@ -122,7 +122,9 @@ def _sample(tokens: np.ndarray, lens: list[int]) -> Sample:
 
 def _empty_batch():
     """A two-token row without targets: what a rank runs when it has no row left (FSDP needs every rank)."""
-    return collate([_sample(np.zeros(2, dtype=np.int64), [2])], "document", "document")
+    batch = collate([_sample(np.zeros(2, dtype=np.int64), [2])], "document", "document")
+    batch.labels.fill_(IGNORE)
+    return batch
 
 
 def heldout_nll(model, source: HeldoutSource, row_tokens: int, rank: int, world: int,
