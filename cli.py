@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "pipelines.longctx.cli",
     "trainer.cli",
     "trainer.hf_cli",
+    "trainer.mix_cli",
     "pipelines.quality_cli",
 ]
 
