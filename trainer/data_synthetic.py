@@ -122,8 +122,6 @@ def _write_manifest(out: Path, seq_len: int, shard_rows: list[tuple], seg_tables
         cols = {"path": [r[0] for r in shard_rows], "n_rows": [r[1] for r in shard_rows],
                 "n_tokens": [r[2] for r in shard_rows], "n_pad": [r[3] for r in shard_rows],
                 "sha256": [r[4] for r in shard_rows]}
-        if shard_source is not None:  # a by-source build: the manifest says which source every shard holds
-            cols["source"] = shard_source
         shards = pa.table(cols)
         if not with_n_pad:
             shards = shards.drop_columns(["n_pad"])
@@ -168,7 +166,7 @@ def source_of_token(token: int) -> int:
 def write_synthetic_mixture(out: str | Path, sources: dict[str, np.ndarray], seq_len: int, rows_per_shard: int,
                             **kw) -> dict[str, SyntheticBuild]:
     """A by-source build: every source's documents packed from a fresh row into its own shards (rows and shards never
-    mix sources), `shards.source` and `shard_sources` naming each shard's source. Source i's tokens lie in
+    mix sources), the manifest's `shard_sources` naming each shard's source. Source i's tokens lie in
     [2 + i * SOURCE_TOKEN_SPAN, 2 + (i + 1) * SOURCE_TOKEN_SPAN), so a unit's source shows in its tokens."""
     out = Path(out)
     (out / "shards").mkdir(parents=True, exist_ok=True)

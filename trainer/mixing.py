@@ -1,7 +1,7 @@
 """Load-time mixing: train on per-source token pools in requested shares, without rebuilding.
 
 A *pool* is every row of one source: the shards of by-source builds (`packing: {mode: concat, by_source: true}` or
-`build-mixture --by-source`) each hold one source (`shards.source`, docs/FORMAT.md), and any number of builds
+`build-mixture --by-source`) each hold one source (the manifest's view `source_shards`, docs/FORMAT.md), and any number of builds
 (`train --data B1 --data B2`) can contribute pools. `--mix "a=0.5,b=0.3"` (or a YAML file) asks for token shares.
 
 The run's units (rows of `seq_len` tokens, as trainer/data.py cuts them) are planned once, from its length:
@@ -185,20 +185,16 @@ class SourcePool:
 
 
 def shard_sources(build: str | Path) -> list[str | None]:
-    """The source of every shard of a build (manifest order), None for a shard that mixes sources. Read from
-    `shards.source`, or for builds written before that column from `shard_sources` (one source per shard)."""
+    """The source of every shard of a build (manifest order), None for a shard that holds several sources: the
+    manifest's `shard_sources` (tokens per shard and source), as its view `source_shards` reads it."""
     from pipelines.shards.reader import connect
 
     con = connect(build)
     try:
-        cols = {r[0] for r in con.execute("select column_name from information_schema.columns "
-                                          "where table_name = 'shards'").fetchall()}
         tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
-        if "source" in cols:
-            rows = con.execute("select source from shards order by path").fetchall()
-            return [r[0] for r in rows]
         if "shard_sources" not in tables:
-            raise ValueError(f"{build}: the manifest says nothing about sources (no shards.source, no shard_sources)")
+            raise ValueError(f"{build}: the manifest has no shard_sources table, so the sources of its rows are "
+                             "unknown")
         rows = con.execute("select s.path, any_value(x.source), count(x.source) from shards s left join "
                            "(select * from shard_sources where n_tokens > 0) x on x.shard = s.path "
                            "group by s.path order by s.path").fetchall()
