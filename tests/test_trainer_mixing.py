@@ -2,7 +2,6 @@
 batches unchanged, `train --mix` end to end and its CLI errors."""
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import math
@@ -251,23 +250,3 @@ def test_train_with_mix_writes_mixture_json_and_resumes_exactly(mixture, tmp_pat
     plain = dict(base, mix=None)
     with pytest.raises(CheckpointError, match="from a run with --mix"):
         train(TrainConfig(out=str(tmp_path / "plain"), resume=str(full), resume_step=3, **plain))
-
-
-def test_trainer_imports_only_the_shard_format_of_the_builder():
-    """trainer/ reads builds through pipelines.shards (format + reader) only: never the builder's stages, datatrove
-    or the spec (issue 19)."""
-    allowed = ("pipelines.shards.format", "pipelines.shards.reader")
-    bad = []
-    for path in sorted((ROOT / "trainer").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names
-                                         if node.module in ("pipelines", "pipelines.shards")]
-            for name in names:
-                if name.split(".")[0] == "pipelines" and not name.startswith(allowed) \
-                        and name not in ("pipelines.shards",):
-                    bad.append(f"{path.name}:{node.lineno} imports {name}")
-    assert not bad, bad
