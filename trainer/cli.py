@@ -182,13 +182,31 @@ def resolve_config(cfg: TrainConfig, nproc: int, seed: int | None, seeds: str | 
 
 def check_eval_request(cfg: TrainConfig) -> None:
     """ValueError when evaluation is asked for but cannot run: an unknown task, or nothing to evaluate."""
-    from trainer.evaluate import list_heldout
+    from trainer.evaluate import list_heldout, run_builds
     from trainer.tasks import parse_tasks
 
     tasks = parse_tasks(cfg.eval_tasks)
-    if cfg.eval_every and not tasks and not list_heldout(cfg.data):
+    if cfg.eval_every and not tasks and not any(list_heldout(b) for b in run_builds(cfg)):
         raise ValueError(f"--eval-every {cfg.eval_every}: build {cfg.data} has no held-out data (holdout/) and no "
                          "--eval-tasks were given, so there is nothing to evaluate")
+
+
+def resolve_mix(builds: list[Path], mix: str | None, max_repeat: float | None) -> dict | None:
+    """TrainConfig.mix from --data/--mix/--max-repeat (ValueError on a bad combination or --mix)."""
+    if mix is None:
+        if len(builds) > 1:
+            raise ValueError(f"{len(builds)} --data builds need --mix to say in which shares to train on their sources")
+        if max_repeat is not None:
+            raise ValueError("--max-repeat applies to --mix only")
+        return None
+    from trainer.mixing import parse_mix
+
+    if max_repeat is not None and not max_repeat >= 1:
+        raise ValueError(f"--max-repeat must be >= 1 (1 = each row at most once), got {max_repeat:g}")
+    if len({b.resolve() for b in builds}) != len(builds):
+        raise ValueError("a build is given twice with --data")
+    request = parse_mix(mix, max_repeat)
+    return {"builds": [str(b) for b in builds], "request": request.to_dict(), "text": mix}
 
 
 def train_seeds(cfg: TrainConfig, seeds: list[int], nproc: int) -> int:
@@ -199,8 +217,20 @@ def train_seeds(cfg: TrainConfig, seeds: list[int], nproc: int) -> int:
 def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
-        data: Annotated[Optional[Path], typer.Option(help="Build directory (manifest.duckdb + shards/) to train "
-                                                     "on (required unless --plan).")] = None,
+        data: Annotated[Optional[list[Path]], typer.Option(help="Build directory (manifest.duckdb + shards/) to "
+                                                           "train on (required unless --plan). Repeat it to mix "
+                                                           "the sources of several builds (with --mix).")] = None,
+        mix: Annotated[Optional[str], typer.Option(help="Train on the --data builds' per-source rows in these token "
+                                                   "shares: \"src=0.5,src2=0.3\" (weights are normalised; "
+                                                   "\"src=0.3:4\" also caps its repeats at 4) or a YAML file "
+                                                   "({sources: {src: 0.5, src2: {weight: 0.3, max_repeat: 4}}}, or "
+                                                   "a build spec whose `share:` values are the weights). Needs "
+                                                   "builds whose shards hold one source each (build-mixture "
+                                                   "--by-source). Writes RUN/mixture.json.")] = None,
+        max_repeat: Annotated[Optional[float], typer.Option(help="With --mix: how many times a source's rows may "
+                                                            "be repeated to reach its share (default 1: never; "
+                                                            "a source that would need more is an error naming "
+                                                            "the repeat it needs).")] = None,
         out: Annotated[Optional[Path], typer.Option(help="Run directory: metrics.jsonl, checkpoints/, "
                                                     "model.safetensors (required unless --plan). With several "
                                                     "seeds: OUT/seed-S per seed and the merged OUT/model.safetensors"
@@ -299,12 +329,16 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         if plan:
             print_memory_plan(preset, seq_len, sp, nproc, act_ckpt, micro_batch)
             return
-        check_launch(data, out, nproc, sp)
+        builds = list(data or [])
+        check_launch(builds[0] if builds else None, out, nproc, sp)
+        for extra in builds[1:]:
+            check_launch(extra, out, nproc, sp)
         try:
+            mix_cfg = resolve_mix(builds, mix, max_repeat)
             if recipe is not None:
                 get_recipe(recipe)
             cfg = TrainConfig(
-                data=str(data), out=str(out), preset=preset, recipe=recipe, steps=steps, tokens=tokens,
+                data=str(builds[0]), out=str(out), mix=mix_cfg, preset=preset, recipe=recipe, steps=steps, tokens=tokens,
                 epochs=epochs, seq_len=seq_len, batch_tokens=batch_tokens, micro_batch=micro_batch,
                 grad_accum=grad_accum, positions=positions, attention=attention, init=init, norm_eps=norm_eps,
                 decay_norm=decay_norm, rope_theta=rope_theta, lr=lr, schedule=schedule, warmup=warmup,

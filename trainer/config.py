@@ -96,6 +96,9 @@ class TrainConfig:
     positions: str | None = None  # "document": RoPE positions restart per document; "absolute": position in the row
     attention: str | None = None  # "document" (default): no attention across documents; "causal": over the row
     rope_theta: float | None = None  # default: the build's rope_theta, else the preset's
+    # load-time mixing (trainer/mixing.py): {"builds": [every --data], "request": MixRequest.to_dict()}; None =
+    # train on `data` exactly as without mixing
+    mix: dict | None = None
     # model fidelity switches (default: the preset's / ours; recipes choose Instella's)
     init: str | None = None  # "normal" (ours) | "mitchell" (Instella)
     norm_eps: float | None = None  # RMSNorm eps (ours 1e-6, Instella 1e-5)

@@ -240,15 +240,21 @@ def _whole_rows(model):
 class Evaluator:
     """Loaded once per run; `evaluator(model, step)` returns the metrics.jsonl row (the same on every rank)."""
 
-    def __init__(self, cfg: EvalConfig, build: str | Path, seq_len: int, rank: int = 0, world: int = 1,
+    def __init__(self, cfg: EvalConfig, build: str | Path | list, seq_len: int, rank: int = 0, world: int = 1,
                  device: torch.device | None = None) -> None:
         self.cfg, self.rank, self.world = cfg, rank, world
         self.device = device or torch.device("cpu")
         self.row_tokens = cfg.row_tokens or seq_len
-        self.heldout = [load_heldout(build, s) for s in list_heldout(build)] if cfg.heldout else []
+        builds = [build] if isinstance(build, (str, Path)) else list(build)
+        self.heldout = []
+        if cfg.heldout:
+            seen: set[str] = set()
+            for b in builds:  # a source held out by two builds is scored once (from the first)
+                self.heldout += [load_heldout(b, s) for s in list_heldout(b) if s not in seen]
+                seen |= set(list_heldout(b))
         self.tasks: list[TaskData] = []
         if cfg.tasks:
-            tokenizer, eos = build_tokenizer(build)
+            tokenizer, eos = build_tokenizer(builds[0])
             self.tasks = load_tasks(cfg.tasks, cfg.limit, tokenizer, eos, seq_len)
 
     def __call__(self, model, step: int) -> dict:
@@ -330,7 +336,13 @@ def make_evaluator(cfg, seq_len: int, env) -> Evaluator | None:
     ecfg = eval_config(cfg)
     if not ecfg.enabled:
         return None
-    return Evaluator(ecfg, cfg.data, seq_len, env.rank, env.world, env.device)
+    return Evaluator(ecfg, run_builds(cfg), seq_len, env.rank, env.world, env.device)
+
+
+def run_builds(cfg) -> list[str]:
+    """Every build a run trains on: the --mix builds, else --data."""
+    mix = getattr(cfg, "mix", None)
+    return list(mix["builds"]) if mix else [cfg.data]
 
 
 def eval_config(cfg) -> EvalConfig:

@@ -17,7 +17,8 @@ from trainer import checkpoint as ckpt
 from trainer import parallel
 from trainer import sp as seqpar
 from trainer.config import ModelConfig, TrainConfig, get_preset
-from trainer.data import PackedDataset, StepLoader, read_build
+from trainer.data import read_build
+from trainer.mixing import load_data_position, make_loader, mix_builds, plan_for_run, total_rows
 from trainer.evaluate import make_evaluator, plot_eval
 from trainer.metrics import MetricsLog, peak_flops, plot_loss, step_flops
 from trainer.model import Transformer
@@ -90,8 +91,10 @@ def resolve_run(cfg: TrainConfig, world: int) -> tuple[RunSettings, ModelConfig]
     cannot run as asked. `cli.py train` calls this before launching anything, `train` again on every rank."""
     info = read_build(cfg.data)
     base, source = base_model_config(cfg)
-    settings = resolve_settings(cfg, base, info.seq_len, info.rope_theta, sum(n for _, n in info.shards), world,
-                                source)
+    rows = total_rows(mix_builds(cfg)) if cfg.mix else sum(n for _, n in info.shards)
+    settings = resolve_settings(cfg, base, info.seq_len, info.rope_theta, rows, world, source)
+    if cfg.mix:
+        plan_for_run(cfg, settings)  # a source too small for its weight fails here, before any process starts
     return settings, resolve_model_config(base, settings)
 
 
@@ -109,8 +112,10 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
     settings, mcfg = resolve_run(cfg, env.world)
     if env.is_main:
         run.mkdir(parents=True, exist_ok=True)
-        cfg.to_json(run / "train_config.json", resolved=settings.to_dict())
-    dataset = PackedDataset(cfg.data, mcfg.seq_len)
+        resolved = settings.to_dict()
+        if cfg.mix:  # the mix as planned for this run (weights normalised, rows per source)
+            resolved["mix"] = plan_for_run(cfg, settings)[2].to_dict()
+        cfg.to_json(run / "train_config.json", resolved=resolved)
     model = build_model(mcfg, cfg, env, settings.dtype)
     spc = seqpar.init_sequence_parallel(settings.sp, env.rank, env.world)
     seqpar.enable_ulysses(model, spc)
@@ -118,15 +123,14 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
                           cfg.wsd_decay)
     optimizer = build_optimizer(model, settings.lr, (settings.beta1, settings.beta2), settings.eps,
                                 settings.weight_decay, settings.decay_norm)
-    # ranks of one sequence-parallel group read the same rows
-    loader = StepLoader(dataset, cfg.seed, spc.data_rank(env.rank), spc.data_world(env.world), settings.micro_batch,
-                        settings.grad_accum, settings.positions, settings.attention)
+    # ranks of one sequence-parallel group read the same rows; with --mix the loader interleaves per-source pools
+    loader = make_loader(cfg, settings, mcfg.seq_len, spc.data_rank(env.rank), spc.data_world(env.world))
 
     start = 0
     if cfg.resume:
         path = ckpt.find_checkpoint(cfg.resume, cfg.resume_step)
         state = ckpt.load_checkpoint(path, model, optimizer, env.rank)
-        loader.load_state_dict(state["data"])
+        load_data_position(loader, state["data"], str(path))
         start = state["step"]
     log = MetricsLog(run, env.is_main, resume_step=start)
     evaluator = make_evaluator(cfg, mcfg.seq_len, env)  # None unless --eval-every / --eval-tasks
@@ -135,7 +139,8 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
     task = progress.add_task("train", total=settings.steps, completed=start, loss=float("nan")) if progress else None
     if env.is_main:
         name = cfg.preset or effective_preset(cfg) or "model of --init-from"
-        print(f"[train] {name}: {mcfg.n_params() / 1e6:.1f}M params, seed {cfg.seed}, {len(dataset):,} units, "
+        n_units = loader.n_units if cfg.mix else len(loader.ds)
+        print(f"[train] {name}: {mcfg.n_params() / 1e6:.1f}M params, seed {cfg.seed}, {n_units:,} units, "
               f"world {env.world} (sp {spc.size}), {loader.units_per_step} units/step; resolved settings:\n"
               f"{settings.table()}", flush=True)
 
@@ -156,6 +161,8 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
                          "config": dataclasses.asdict(cfg), "settings": settings.to_dict(),
                          "model": dataclasses.asdict(mcfg)}
                 ckpt.save_checkpoint(ckpt.checkpoint_dir(run, step), model, optimizer, state, env.rank)
+                if cfg.mix and env.is_main:
+                    loader.write_report(run / "mixture.json", step)
     finally:
         if progress:
             progress.stop()
