@@ -42,6 +42,8 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                                             "(mean held-out bpb of those sources), or a weighted sum "
                                             "'0.5*bpb:*,-1*arc_easy:acc_norm'. Metrics: bpb:/loss:<source>, "
                                             "<task>:acc|acc_norm|bpb.")] = "bpb:*",
+        lr: Annotated[Optional[float], typer.Option(help="Peak LR of every anneal (linear to 0 from it; default: the "
+                                                      "LR the --init-from run trained with).")] = None,
         seed: Annotated[int, typer.Option(help="Seed of the candidate draws and of every anneal.")] = 0,
         concentration: Annotated[float, typer.Option(help="Dirichlet concentration around the build's mix "
                                                      "(higher: candidates closer to it).")] = 20.0,
@@ -75,7 +77,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         cfg = MixSearchConfig(
             data=tuple(str(d) for d in data), init_from=init_from, out=str(out), candidates=candidates, steps=steps,
             eval_tasks=eval_tasks, eval_limit=eval_limit, target=target, seed=seed, concentration=concentration,
-            retries=retries, nproc=nproc, executor=executor, workers=workers,
+            retries=retries, nproc=nproc, lr=lr, executor=executor, workers=workers,
             train_args=tuple(train_arg or ()), slurm=_parse_opts(slurm_opt or []))
         try:
             if dry_run:

@@ -58,6 +58,7 @@ class MixSearchConfig:
     concentration: float = 20.0  # Dirichlet concentration around the base mix (higher: closer to it)
     retries: int = 1  # extra attempts per anneal before it is reported failed
     nproc: int = 1  # processes per anneal (cli.py train --nproc)
+    lr: float | None = None  # peak LR of the anneals (None: the --init-from run's, else `train` asks for --lr)
     executor: str = "local"
     workers: int = 1  # local: anneals at once
     train_args: tuple[str, ...] = ()  # extra `cli.py train` flags for every anneal (e.g. --lr 3e-4 --batch-tokens 512)
@@ -71,15 +72,22 @@ class MixSearchConfig:
 # --------------------------------------------------------------------------------------------- the builds
 
 
+def _tables(con) -> set[str]:
+    return {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+
+
 def base_mixture(data: tuple[str, ...]) -> dict[str, float]:
-    """The builds' own mix: token share of every source with tokens (manifest `composition`)."""
+    """The builds' own mix: the token share of every source in the pools `--mix` draws from (manifest
+    `shard_sources` of a by-source build; else the build's `composition`)."""
     from pipelines.shards.reader import connect
 
     tokens: dict[str, int] = {}
     for build in data:
         con = connect(build)
         try:
-            for source, n in con.execute("select source, n_tokens from composition where n_tokens > 0").fetchall():
+            table = "shard_sources" if "shard_sources" in _tables(con) else "composition"
+            for source, n in con.execute(f"select source, sum(n_tokens) from {table} group by source "
+                                         "having sum(n_tokens) > 0").fetchall():
                 tokens[source] = tokens.get(source, 0) + int(n)
         finally:
             con.close()
@@ -90,12 +98,15 @@ def base_mixture(data: tuple[str, ...]) -> dict[str, float]:
     return {s: n / total for s, n in sorted(tokens.items())}
 
 
-def build_spec_yaml(build: str) -> str:
+def build_spec_yaml(build: str) -> str | None:
+    """The spec the build was made from (manifest `build.spec_yaml`), None when it recorded none."""
     from pipelines.shards.reader import connect
 
     con = connect(build)
     try:
-        return con.execute("select spec_yaml from build").fetchone()[0]
+        cols = {r[0] for r in con.execute("select column_name from information_schema.columns "
+                                          "where table_name = 'build'").fetchall()}
+        return con.execute("select spec_yaml from build").fetchone()[0] if "spec_yaml" in cols else None
     finally:
         con.close()
 
@@ -192,6 +203,9 @@ def train_command(cfg: MixSearchConfig, weights: dict[str, float], run: Path) ->
     cmd += ["--init-from", cfg.init_from, "--out", str(run), "--steps", str(cfg.steps), "--schedule", "linear",
             "--warmup", "0", "--final-lr-ratio", "0", "--seed", str(cfg.seed), "--mix", mix_arg(weights),
             "--eval-every", str(cfg.steps), "--nproc", str(cfg.nproc), "--no-progress"]
+    lr = cfg.lr or default_lr(cfg.init_from)
+    if lr:
+        cmd += ["--lr", f"{lr:g}"]
     if cfg.eval_tasks:
         cmd += ["--eval-tasks", cfg.eval_tasks, "--eval-limit", str(cfg.eval_limit)]
     return cmd + list(cfg.train_args)
@@ -317,6 +331,10 @@ def proposed_spec(spec_yaml: str, weights: dict[str, float], cfg: MixSearchConfi
     """The build's spec with `share:` = the proposal on the searched sources (others lose any share they had)."""
     import yaml
 
+    if spec_yaml is None:  # a build that recorded no spec (synthetic): a `--mix` file of the proposal
+        return ("# Written by `cli.py mix-search`: the build recorded no spec, so this is the proposal as a mixture\n"
+                "# file for `cli.py train --mix`.\n"
+                + yaml.safe_dump({"sources": {s: round(float(w), 6) for s, w in weights.items()}}, sort_keys=False))
     spec = yaml.safe_load(spec_yaml)
     for source in spec.get("sources", []):
         source.pop("share", None)
@@ -501,15 +519,15 @@ def _steps():
     return AnnealStep, ProposeStep, ReportStep
 
 
-def make_executor(cfg: MixSearchConfig, runner=None):
-    """The last of the four chained executors (running it runs its dependencies first)."""
+def make_executors(cfg: MixSearchConfig, runner=None) -> list:
+    """The four stages' executors; on Slurm each depends on the previous one (submitting the last submits all)."""
     AnnealStep, ProposeStep, ReportStep = _steps()
     runner = runner or TrainRunner()
     stages = [("candidates", AnnealStep(cfg, "candidate", runner), cfg.candidates),
               ("propose", ProposeStep(cfg), 1), ("proposed", AnnealStep(cfg, "proposed", runner), 1),
               ("report", ReportStep(cfg), 1)]
     logs = cfg.path / "logs"
-    prev = None
+    prev, executors = None, []
     for name, step, tasks in stages:
         # skip_completed=False: finished anneals are skipped through their result.json (so a failed one, which
         # datatrove would have marked complete, is retried on the next run)
@@ -517,7 +535,7 @@ def make_executor(cfg: MixSearchConfig, runner=None):
             from datatrove.executor import LocalPipelineExecutor
 
             prev = LocalPipelineExecutor([step], tasks=tasks, workers=min(cfg.workers, tasks),
-                                         logging_dir=str(logs / name), skip_completed=False, depends=prev)
+                                         logging_dir=str(logs / name), skip_completed=False)
         else:
             from datatrove.executor import SlurmPipelineExecutor
 
@@ -528,7 +546,8 @@ def make_executor(cfg: MixSearchConfig, runner=None):
             prev = SlurmPipelineExecutor([step], tasks=tasks, logging_dir=str(logs / name),
                                          job_name=f"mix-search-{name}", skip_completed=False, depends=prev,
                                          **opts)
-    return prev
+        executors.append(prev)
+    return executors
 
 
 def run_mix_search(cfg: MixSearchConfig, runner=None) -> dict:
@@ -539,8 +558,28 @@ def run_mix_search(cfg: MixSearchConfig, runner=None) -> dict:
         raise MixSearchError(f"--executor must be one of {EXECUTORS}, got {cfg.executor!r}")
     Target.parse(cfg.target).matches(expected_metrics(cfg))  # a target naming no metric fails before any anneal
     prepare(cfg)
-    executor = make_executor(cfg, runner)
-    executor.run()
+    executors = make_executors(cfg, runner)
     if cfg.executor != "local":
+        executors[-1].run()  # submits its dependencies first
         return {"submitted": True, "report": str(cfg.path / "report.md")}
+    candidates, *rest = executors
+    candidates.run()
+    finished = len(collect(cfg.path, "candidate")[1])
+    if finished < 3:  # stop here, with the reason, rather than inside a datatrove task
+        reasons = [f"mix {f['mix_id']}: {f['error']} ({(f['log_tail'].splitlines() or [''])[-1]})"
+                   for f in failures(cfg.path)]
+        raise MixSearchError(f"only {finished} of {cfg.candidates} candidate anneals finished (a fit needs 3); "
+                             f"failed: {'; '.join(reasons)}")
+    for executor in rest:
+        executor.run()
     return {"failed": failures(cfg.path), "report": str(cfg.path / "report.md")}
+
+
+def default_lr(init_from: str) -> float | None:
+    """The peak LR the --init-from run trained with (its train_config.json), None when it records none."""
+    for path in (Path(init_from) / "train_config.json", Path(init_from).parent.parent / "train_config.json"):
+        if path.is_file():
+            lr = (json.loads(path.read_text()).get("resolved") or {}).get("lr")
+            if lr:
+                return float(lr)
+    return None
