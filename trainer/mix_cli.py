@@ -45,6 +45,9 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         lr: Annotated[Optional[float], typer.Option(help="Peak LR of every anneal (linear to 0 from it; default: the "
                                                       "LR the --init-from run trained with).")] = None,
         seed: Annotated[int, typer.Option(help="Seed of the candidate draws and of every anneal.")] = 0,
+        anneal_seed: Annotated[Optional[int], typer.Option(help="Another seed for the anneals only (the same "
+                                                           "candidates under another data order: the noise "
+                                                           "floor).")] = None,
         concentration: Annotated[float, typer.Option(help="Dirichlet concentration around the build's mix "
                                                      "(higher: candidates closer to it).")] = 20.0,
         retries: Annotated[int, typer.Option(help="Extra attempts for a crashed anneal before it is reported "
@@ -76,7 +79,8 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             _fail("--steps, --nproc and --workers must be >= 1, --candidates >= 3, --retries >= 0")
         cfg = MixSearchConfig(
             data=tuple(str(d) for d in data), init_from=init_from, out=str(out), candidates=candidates, steps=steps,
-            eval_tasks=eval_tasks, eval_limit=eval_limit, target=target, seed=seed, concentration=concentration,
+            eval_tasks=eval_tasks, eval_limit=eval_limit, target=target, seed=seed, anneal_seed=anneal_seed,
+            concentration=concentration,
             retries=retries, nproc=nproc, lr=lr, executor=executor, workers=workers,
             train_args=tuple(train_arg or ()), slurm=_parse_opts(slurm_opt or []))
         try:

@@ -54,7 +54,8 @@ class MixSearchConfig:
     eval_tasks: str | None = None
     eval_limit: int = 200
     target: str = "bpb:*"  # default: mean held-out bpb over sources
-    seed: int = 0
+    seed: int = 0  # candidate draws, and the anneals' seed unless anneal_seed is given
+    anneal_seed: int | None = None  # seed of every anneal's data order (bench: same mixtures, another seed)
     concentration: float = 20.0  # Dirichlet concentration around the base mix (higher: closer to it)
     retries: int = 1  # extra attempts per anneal before it is reported failed
     nproc: int = 1  # processes per anneal (cli.py train --nproc)
@@ -200,8 +201,9 @@ def train_command(cfg: MixSearchConfig, weights: dict[str, float], run: Path) ->
     cmd = [sys.executable, str(ROOT / "cli.py"), "train"]
     for build in cfg.data:
         cmd += ["--data", build]
+    seed = cfg.seed if cfg.anneal_seed is None else cfg.anneal_seed
     cmd += ["--init-from", cfg.init_from, "--out", str(run), "--steps", str(cfg.steps), "--schedule", "linear",
-            "--warmup", "0", "--final-lr-ratio", "0", "--seed", str(cfg.seed), "--mix", mix_arg(weights),
+            "--warmup", "0", "--final-lr-ratio", "0", "--seed", str(seed), "--mix", mix_arg(weights),
             "--eval-every", str(cfg.steps), "--nproc", str(cfg.nproc), "--no-progress"]
     lr = cfg.lr or default_lr(cfg.init_from)
     if lr:
