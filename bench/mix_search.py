@@ -56,10 +56,10 @@ def make_build(out: Path) -> Path:
     return out / "build"
 
 
-def train_base(build: Path, preset: str, steps: int, out: Path, seq_len: int) -> Path:
+def train_base(build: Path, preset: str, steps: int, out: Path, seq_len: int, micro_batch: int) -> Path:
     if not (out / "model.safetensors").exists():
         cli("train", "--data", str(build), "--out", str(out), "--preset", preset, "--seq-len", str(seq_len),
-            "--steps", str(steps), "--micro-batch", "4", "--no-progress")
+            "--steps", str(steps), "--micro-batch", str(micro_batch), "--no-progress")
     return out
 
 
@@ -67,7 +67,7 @@ def swarm(build: Path, base: Path, out: Path, args, anneal_seed: int) -> dict:
     cfg = MixSearchConfig(data=(str(build),), init_from=str(base), out=str(out), candidates=args.candidates,
                           steps=args.steps, target=args.target, seed=0, anneal_seed=anneal_seed,
                           eval_tasks=args.eval_tasks, eval_limit=args.eval_limit,
-                          train_args=("--micro-batch", "4", "--seq-len", str(args.seq_len), "--max-repeat",
+                          train_args=("--micro-batch", str(args.micro_batch), "--seq-len", str(args.seq_len), "--max-repeat",
                                       str(args.max_repeat)))
     t0 = time.perf_counter()
     result = run_mix_search(cfg)
@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--base-steps", type=int, default=40)
     ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--micro-batch", type=int, default=2, help="rows per step (tokens per step = this x seq-len)")
     ap.add_argument("--max-repeat", type=float, default=4)
     ap.add_argument("--target", default="bpb:*")
     ap.add_argument("--eval-tasks", default=None)
@@ -107,7 +108,8 @@ def main() -> None:
     small, large = args.sizes.split(",")
     runs = {}
     for preset, seed in ((small, 0), (large, 0), (small, 1)):
-        base = train_base(build, preset, args.base_steps, args.out / f"base-{preset}", args.seq_len)
+        base = train_base(build, preset, args.base_steps, args.out / f"base-{preset}", args.seq_len, args.micro_batch)
+        print(f"[bench] swarm {preset} seed {seed}", flush=True)
         runs[f"{preset}/seed{seed}"] = swarm(build, base, args.out / f"swarm-{preset}-seed{seed}", args, seed)
     a, b, c = (runs[f"{small}/seed0"], runs[f"{large}/seed0"], runs[f"{small}/seed1"])
     common = sorted(set(a["realized"]) & set(b["realized"]) & set(c["realized"]))
