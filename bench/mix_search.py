@@ -67,6 +67,7 @@ def swarm(build: Path, base: Path, out: Path, args, anneal_seed: int) -> dict:
     cfg = MixSearchConfig(data=(str(build),), init_from=str(base), out=str(out), candidates=args.candidates,
                           steps=args.steps, target=args.target, seed=0, anneal_seed=anneal_seed,
                           eval_tasks=args.eval_tasks, eval_limit=args.eval_limit,
+                          eval_max_tokens=args.eval_max_tokens, workers=args.workers,
                           train_args=("--micro-batch", str(args.micro_batch), "--seq-len", str(args.seq_len), "--max-repeat",
                                       str(args.max_repeat)))
     t0 = time.perf_counter()
@@ -101,16 +102,20 @@ def main() -> None:
     ap.add_argument("--eval-tasks", default=None)
     ap.add_argument("--eval-limit", type=int, default=50)
     ap.add_argument("--sizes", default="tiny,small")
+    ap.add_argument("--eval-max-tokens", type=int, default=1024, help="held-out tokens scored per source")
+    ap.add_argument("--workers", type=int, default=1, help="anneals of a swarm running at once")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     build = args.build or (args.out / "build" if (args.out / "build" / "manifest.duckdb").exists()
                            else make_build(args.out))
     small, large = args.sizes.split(",")
     runs = {}
-    for preset, seed in ((small, 0), (large, 0), (small, 1)):
+    for preset, seed in ((small, 0), (small, 1), (large, 0)):  # the noise floor first, the larger proxy last
         base = train_base(build, preset, args.base_steps, args.out / f"base-{preset}", args.seq_len, args.micro_batch)
         print(f"[bench] swarm {preset} seed {seed}", flush=True)
         runs[f"{preset}/seed{seed}"] = swarm(build, base, args.out / f"swarm-{preset}-seed{seed}", args, seed)
+        (args.out / "mix_search_bench.partial.json").write_text(json.dumps(runs, indent=2))
+        print(json.dumps({k: {x: v for x, v in r.items() if x != "realized"} for k, r in runs.items()}), flush=True)
     a, b, c = (runs[f"{small}/seed0"], runs[f"{large}/seed0"], runs[f"{small}/seed1"])
     common = sorted(set(a["realized"]) & set(b["realized"]) & set(c["realized"]))
     summary = {

@@ -51,6 +51,9 @@ def test_bpb_arithmetic_on_a_hand_computed_case(stage2_build, tmp_path):
     assert row["step"] == 7
     assert row["eval"]["src"]["loss"] == pytest.approx(math.log(8), rel=1e-6)
     assert row["eval"]["src"]["bpb"] == pytest.approx(0.625, rel=1e-6)
+    # --eval-max-tokens 4: only doc a (3 tokens) fits: 2 targets, 10 bytes -> bpb 2 * 3 / 10
+    row = Evaluator(EvalConfig(every=1, row_tokens=4, max_tokens=4), build, seq_len=4)(Uniform(8), step=7)
+    assert row["eval"]["src"]["bpb"] == pytest.approx(0.6, rel=1e-6)
 
 
 def test_task_metrics_acc_and_acc_norm_as_lm_eval():

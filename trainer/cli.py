@@ -320,6 +320,9 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                                                           "bpb), gsm8k (bpb of the gold solution), or paths to "
                                                           "JSONL files in the benchmarks' shape.")] = None,
         eval_limit: Annotated[int, typer.Option(help="Items per task (the first N of the file; 0: all).")] = 200,
+        eval_max_tokens: Annotated[int, typer.Option(help="Held-out tokens scored per source: its first documents "
+                                                     "up to this many (0: all; bounds the cost of an "
+                                                     "evaluation).")] = 0,
         plan: Annotated[bool, typer.Option(help="Print the per-GPU memory plan (params, grads, optimizer, "
                                            "activations, logits chunks) for --preset/--seq-len/--sp/--nproc/"
                                            "--act-ckpt and exit; e.g. --preset instella-3b --seq-len 262144 "
@@ -346,7 +349,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                 dtype=dtype, compile=compile, act_ckpt=act_ckpt, replicate=replicate, attn_backend=attn_backend,
                 save_every=save_every, resume=str(resume) if resume else None, resume_step=resume_step,
                 init_from=init_from, peak_tflops=peak_tflops, log_every=log_every, progress=progress,
-                eval_every=eval_every, eval_tasks=eval_tasks, eval_limit=eval_limit,
+                eval_every=eval_every, eval_tasks=eval_tasks, eval_limit=eval_limit, eval_max_tokens=eval_max_tokens,
                 extra={"sp": sp} if sp else {})
             check_eval_request(cfg)
             cfg, run_seeds = resolve_config(cfg, nproc, seed, seeds)

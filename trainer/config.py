@@ -135,6 +135,7 @@ class TrainConfig:
     eval_every: int = 0  # evaluate every N steps and at the end; 0 with eval_tasks: only at the end
     eval_tasks: str | None = None  # comma-separated task names (../shared/data/benchmarks) or JSONL paths
     eval_limit: int = 200  # items per task
+    eval_max_tokens: int = 0  # per held-out source: its first documents up to this many tokens (0: all)
     extra: dict = field(default_factory=dict)  # free slot for extensions ("sp": Ulysses sequence parallelism)
 
     def __post_init__(self) -> None:
@@ -153,7 +154,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
-        for name in ("warmup", "weight_decay", "grad_clip", "final_lr_ratio", "eval_every", "eval_limit"):
+        for name in ("warmup", "weight_decay", "grad_clip", "final_lr_ratio", "eval_every", "eval_limit",
+                     "eval_max_tokens"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")

@@ -40,6 +40,7 @@ class EvalConfig:
     tasks: tuple[str, ...] = ()  # task names or JSONL paths (trainer/tasks.py)
     limit: int = 200  # first N items of each task
     heldout: bool = True  # per-source held-out loss / bpb when the build has held-out data
+    max_tokens: int = 0  # per held-out source: score only its first documents up to this many tokens (0: all)
     row_tokens: int | None = None  # tokens per evaluation forward (default: the model's row length)
 
     @property
@@ -60,6 +61,15 @@ class HeldoutSource:
     starts: np.ndarray  # int64 per document
     lengths: np.ndarray  # int64 per document (incl. EOS)
     n_bytes: int  # Σ UTF-8 bytes of the documents' text
+    doc_bytes: np.ndarray | None = None  # per document
+
+    def first_tokens(self, max_tokens: int) -> "HeldoutSource":
+        """The first documents (index order: deterministic) holding at most `max_tokens` tokens, at least one."""
+        if max_tokens <= 0 or int(self.lengths.sum()) <= max_tokens:
+            return self
+        n = max(1, int(np.searchsorted(np.cumsum(self.lengths), max_tokens, side="right")))
+        return HeldoutSource(self.name, self.tokens, self.starts[:n], self.lengths[:n],
+                             int(self.doc_bytes[:n].sum()), self.doc_bytes[:n])
 
 
 def list_heldout(build: str | Path) -> list[str]:
@@ -94,7 +104,8 @@ def load_heldout(build: str | Path, name: str) -> HeldoutSource:
     lengths = index["length"].to_numpy().astype(np.int64)
     if len(starts) and int((starts + lengths).max()) > len(tokens):
         raise ValueError(f"{base / name}.idx.parquet points past the end of {name}.npy (damaged held-out data)")
-    return HeldoutSource(name, tokens, starts, lengths, int(index["n_bytes"].to_numpy().sum()))
+    doc_bytes = index["n_bytes"].to_numpy().astype(np.int64)
+    return HeldoutSource(name, tokens, starts, lengths, int(doc_bytes.sum()), doc_bytes)
 
 
 def pack_pieces(lengths: list[int], row_tokens: int) -> list[list[tuple[int, int, int]]]:
@@ -250,7 +261,8 @@ class Evaluator:
         if cfg.heldout:
             seen: set[str] = set()
             for b in builds:  # a source held out by two builds is scored once (from the first)
-                self.heldout += [load_heldout(b, s) for s in list_heldout(b) if s not in seen]
+                self.heldout += [load_heldout(b, s).first_tokens(cfg.max_tokens) for s in list_heldout(b)
+                                 if s not in seen]
                 seen |= set(list_heldout(b))
         self.tasks: list[TaskData] = []
         if cfg.tasks:
@@ -348,4 +360,5 @@ def run_builds(cfg) -> list[str]:
 def eval_config(cfg) -> EvalConfig:
     """EvalConfig from a TrainConfig's eval_* fields."""
     tasks = tuple(t.strip() for t in (getattr(cfg, "eval_tasks", None) or "").split(",") if t.strip())
-    return EvalConfig(every=getattr(cfg, "eval_every", 0) or 0, tasks=tasks, limit=getattr(cfg, "eval_limit", 200))
+    return EvalConfig(every=getattr(cfg, "eval_every", 0) or 0, tasks=tasks, limit=getattr(cfg, "eval_limit", 200),
+                      max_tokens=getattr(cfg, "eval_max_tokens", 0) or 0)

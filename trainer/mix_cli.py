@@ -38,6 +38,8 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         eval_tasks: Annotated[Optional[str], typer.Option(help="Downstream tasks evaluated at the end of every "
                                                           "anneal (as `train --eval-tasks`).")] = None,
         eval_limit: Annotated[int, typer.Option(help="Items per task.")] = 200,
+        eval_max_tokens: Annotated[int, typer.Option(help="Held-out tokens scored per source at the end of each "
+                                                     "anneal (its first documents; 0: all).")] = 0,
         target: Annotated[str, typer.Option(help="What to minimise: a metric glob, e.g. 'bpb:dolmino-math-*' "
                                             "(mean held-out bpb of those sources), or a weighted sum "
                                             "'0.5*bpb:*,-1*arc_easy:acc_norm'. Metrics: bpb:/loss:<source>, "
@@ -79,7 +81,8 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             _fail("--steps, --nproc and --workers must be >= 1, --candidates >= 3, --retries >= 0")
         cfg = MixSearchConfig(
             data=tuple(str(d) for d in data), init_from=init_from, out=str(out), candidates=candidates, steps=steps,
-            eval_tasks=eval_tasks, eval_limit=eval_limit, target=target, seed=seed, anneal_seed=anneal_seed,
+            eval_tasks=eval_tasks, eval_limit=eval_limit, eval_max_tokens=eval_max_tokens, target=target, seed=seed,
+            anneal_seed=anneal_seed,
             concentration=concentration,
             retries=retries, nproc=nproc, lr=lr, executor=executor, workers=workers,
             train_args=tuple(train_arg or ()), slurm=_parse_opts(slurm_opt or []))

@@ -53,6 +53,7 @@ class MixSearchConfig:
     steps: int = 50
     eval_tasks: str | None = None
     eval_limit: int = 200
+    eval_max_tokens: int = 0  # held-out tokens scored per source (0: all); bounds each anneal's evaluation
     target: str = "bpb:*"  # default: mean held-out bpb over sources
     seed: int = 0  # candidate draws, and the anneals' seed unless anneal_seed is given
     anneal_seed: int | None = None  # seed of every anneal's data order (bench: same mixtures, another seed)
@@ -210,6 +211,8 @@ def train_command(cfg: MixSearchConfig, weights: dict[str, float], run: Path) ->
         cmd += ["--lr", f"{lr:g}"]
     if cfg.eval_tasks:
         cmd += ["--eval-tasks", cfg.eval_tasks, "--eval-limit", str(cfg.eval_limit)]
+    if cfg.eval_max_tokens:
+        cmd += ["--eval-max-tokens", str(cfg.eval_max_tokens)]
     return cmd + list(cfg.train_args)
 
 
