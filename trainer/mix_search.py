@@ -449,8 +449,12 @@ def _plot(out, sources, mixes, realized, loo, pid, pred, real) -> None:
     ax.set_xticks(range(len(ids)), [str(i) for i in ids])
     ax.set_xlabel("candidate (ranked; orange: build's mix)")
     ax.set_ylabel("target (realized)")
-    lo = min(realized.values())
-    ax.set_ylim(lo - 0.05 * abs(lo), max(realized.values()) + 0.05 * abs(lo))
+    values = list(realized.values()) + ([real] if real is not None else [])
+    if real is not None:
+        ax.axhline(real, color="tab:red", lw=1.2, label="proposed (realized)")
+        ax.legend(fontsize=8)
+    span = (max(values) - min(values)) or abs(min(values)) * 0.01 or 1.0
+    ax.set_ylim(min(values) - 0.15 * span, max(values) + 0.15 * span)
     ax = axes[1]
     xs = [loo[i] for i in realized]
     ys = [realized[i] for i in realized]
