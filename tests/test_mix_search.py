@@ -194,3 +194,18 @@ def test_cli_refuses_a_target_that_matches_nothing(holdout_build, tmp_path):
                         "--init-from", "x", "--out", str(tmp_path / "s"), "--target", "bpb:code-*"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "matches no metric" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_slurm_executor_chains_the_stages_one_task_per_anneal(holdout_build, tmp_path):
+    """--executor slurm: datatrove's SlurmPipelineExecutor per stage, each depending on the previous, one array
+    task per anneal, --slurm-opt passed through (nothing is submitted here)."""
+    from trainer.mix_search import MixSearchError, make_executors
+
+    cfg = _cfg(holdout_build, tmp_path / "s", k=5, executor="slurm",
+               slurm={"partition": "gpu", "gpus_per_task": 8, "cpus_per_task": 32})
+    cands, fit, proposed, report = make_executors(cfg)
+    assert type(cands).__name__ == "SlurmPipelineExecutor" and cands.tasks == 5 and cands.gpus_per_task == 8
+    assert (fit.depends, proposed.depends, report.depends) == (cands, fit, proposed)
+    assert fit.tasks == proposed.tasks == report.tasks == 1
+    with pytest.raises(MixSearchError, match="partition"):
+        make_executors(_cfg(holdout_build, tmp_path / "t", executor="slurm"))
