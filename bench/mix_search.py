@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trainer.mix_fit import Target, spearman  # noqa: E402
-from trainer.mix_search import MixSearchConfig, collect, read_mixes, run_mix_search  # noqa: E402
+from trainer.mix_search import MixSearchConfig, collect, run_mix_search  # noqa: E402
 
 SHARED = Path(os.environ.get("MIDTRAIN_SHARED", ROOT.parent / "shared" / "data"))
 
@@ -68,7 +68,8 @@ def swarm(build: Path, base: Path, out: Path, args, anneal_seed: int) -> dict:
                           steps=args.steps, target=args.target, seed=0, anneal_seed=anneal_seed,
                           eval_tasks=args.eval_tasks, eval_limit=args.eval_limit,
                           eval_max_tokens=args.eval_max_tokens, workers=args.workers,
-                          train_args=("--micro-batch", str(args.micro_batch), "--seq-len", str(args.seq_len), "--max-repeat",
+                          train_args=("--micro-batch", str(args.micro_batch), "--seq-len", str(args.seq_len),
+                                      "--max-repeat",
                                       str(args.max_repeat)))
     t0 = time.perf_counter()
     result = run_mix_search(cfg)
@@ -120,7 +121,8 @@ def main() -> None:
     common = sorted(set(a["realized"]) & set(b["realized"]) & set(c["realized"]))
     summary = {
         "candidates": args.candidates, "steps": args.steps, "target": args.target,
-        f"spearman_{small}_vs_{large}": spearman([a["realized"][i] for i in common], [b["realized"][i] for i in common]),
+        f"spearman_{small}_vs_{large}": spearman([a["realized"][i] for i in common],
+                                                 [b["realized"][i] for i in common]),
         f"spearman_seed0_vs_seed1_{small}": spearman([a["realized"][i] for i in common],
                                                      [c["realized"][i] for i in common]),
         "runs": runs,

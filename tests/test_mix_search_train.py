@@ -71,7 +71,8 @@ def test_mix_search_runs_real_anneals_and_reruns_nothing(by_source_build, tmp_pa
     assert "Predicted target" in report and "realized" in report
     # proposed.yaml is itself a --mix file (this build recorded no spec)
     p = _cli("train", "--data", str(by_source_build), "--out", str(tmp_path / "again"), "--init-from", str(base),
-             "--steps", "1", "--micro-batch", "2", "--mix", str(out / "proposed.yaml"), "--max-repeat", "8", "--lr", "1e-3",
+             "--steps", "1", "--micro-batch", "2", "--mix", str(out / "proposed.yaml"), "--max-repeat", "8",
+             "--lr", "1e-3",
              "--no-progress")
     assert p.returncode == 0, p.stderr[-2000:]
     # a second run finds every anneal finished

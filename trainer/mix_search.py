@@ -374,7 +374,8 @@ def write_results(out: Path) -> list[dict]:
             rows += [{"mix_id": i, "metric": m, "value": float(v), "step": r["step"]} for m, v in
                      sorted(r["metrics"].items())]
     table = pa.table({"mix_id": pa.array([r["mix_id"] for r in rows], pa.int64()),
-                      "metric": [r["metric"] for r in rows], "value": pa.array([r["value"] for r in rows], pa.float64()),
+                      "metric": [r["metric"] for r in rows],
+                      "value": pa.array([r["value"] for r in rows], pa.float64()),
                       "step": pa.array([r["step"] for r in rows], pa.int64())})
     tmp = out / "results.parquet.tmp"
     pq.write_table(table, tmp)
