@@ -218,12 +218,42 @@ def resolve_config(cfg: TrainConfig, nproc: int, seed: int | None, seeds: str | 
 def check_data(cfg: TrainConfig) -> None:
     """Before any process starts: the cheap checks of every file the run will read and, with --verify-data, a
     re-hash of all of them (DataError naming the first damaged file). Ranks then skip the re-hash."""
-    from trainer.data import read_build
+    from trainer.mixing import mix_builds
     from trainer.train import pin_build
 
-    pin_build(cfg, read_build(cfg.data).seq_len, cfg.verify_data)
+    for build in mix_builds(cfg):
+        pin_build(build, cfg.verify_data)
     if cfg.verify_data:
         os.environ["MIDTRAIN_DATA_VERIFIED"] = "1"  # inherited by torchrun's ranks and read by this process's run
+
+
+def check_eval_request(cfg: TrainConfig) -> None:
+    """ValueError when evaluation is asked for but cannot run: an unknown task, or nothing to evaluate."""
+    from trainer.evaluate import list_heldout, run_builds
+    from trainer.tasks import parse_tasks
+
+    tasks = parse_tasks(cfg.eval_tasks)
+    if cfg.eval_every and not tasks and not any(list_heldout(b) for b in run_builds(cfg)):
+        raise ValueError(f"--eval-every {cfg.eval_every}: build {cfg.data} has no held-out data (holdout/) and no "
+                         "--eval-tasks were given, so there is nothing to evaluate")
+
+
+def resolve_mix(builds: list[Path], mix: str | None, max_repeat: float | None) -> dict | None:
+    """TrainConfig.mix from --data/--mix/--max-repeat (ValueError on a bad combination or --mix)."""
+    if mix is None:
+        if len(builds) > 1:
+            raise ValueError(f"{len(builds)} --data builds need --mix to say in which shares to train on their sources")
+        if max_repeat is not None:
+            raise ValueError("--max-repeat applies to --mix only")
+        return None
+    from trainer.mixing import parse_mix
+
+    if max_repeat is not None and not max_repeat >= 1:
+        raise ValueError(f"--max-repeat must be >= 1 (1 = each row at most once), got {max_repeat:g}")
+    if len({b.resolve() for b in builds}) != len(builds):
+        raise ValueError("a build is given twice with --data")
+    request = parse_mix(mix, max_repeat)
+    return {"builds": [str(b) for b in builds], "request": request.to_dict(), "text": mix}
 
 
 def train_seeds(cfg: TrainConfig, seeds: list[int], nproc: int) -> int:
@@ -234,8 +264,20 @@ def train_seeds(cfg: TrainConfig, seeds: list[int], nproc: int) -> int:
 def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
-        data: Annotated[Optional[Path], typer.Option(help="Build directory (manifest.duckdb + shards/) to train "
-                                                     "on (required unless --plan).")] = None,
+        data: Annotated[Optional[list[Path]], typer.Option(help="Build directory (manifest.duckdb + shards/) to "
+                                                           "train on (required unless --plan). Repeat it to mix "
+                                                           "the sources of several builds (with --mix).")] = None,
+        mix: Annotated[Optional[str], typer.Option(help="Train on the --data builds' per-source rows in these token "
+                                                   "shares: \"src=0.5,src2=0.3\" (weights are normalised; "
+                                                   "\"src=0.3:4\" also caps its repeats at 4) or a YAML file "
+                                                   "({sources: {src: 0.5, src2: {weight: 0.3, max_repeat: 4}}}, or "
+                                                   "a build spec whose `share:` values are the weights). Needs "
+                                                   "builds whose shards hold one source each (build-mixture "
+                                                   "--by-source). Writes RUN/mixture.json.")] = None,
+        max_repeat: Annotated[Optional[float], typer.Option(help="With --mix: how many times a source's rows may "
+                                                            "be repeated to reach its share (default 1: never; "
+                                                            "a source that would need more is an error naming "
+                                                            "the repeat it needs).")] = None,
         out: Annotated[Optional[Path], typer.Option(help="Run directory: metrics.jsonl, checkpoints/, "
                                                     "model.safetensors (required unless --plan). With several "
                                                     "seeds: OUT/seed-S per seed and the merged OUT/model.safetensors"
@@ -320,6 +362,20 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         allow_data_change: Annotated[bool, typer.Option(help="Let --resume continue on a build whose "
                                                         "fingerprint differs from the checkpoint's (refused "
                                                         "otherwise).")] = False,
+        eval_every: Annotated[int, typer.Option(help="Evaluate every N steps and at the end: loss and bits per "
+                                                "byte on each source's held-out documents (BUILD/holdout/) and the "
+                                                "--eval-tasks; rows {\"step\", \"eval\", \"tasks\"} in "
+                                                "metrics.jsonl, drawn in eval.png. 0: off (or only at the end "
+                                                "when --eval-tasks is given).")] = 0,
+        eval_tasks: Annotated[Optional[str], typer.Option(help="Comma-separated downstream tasks scored by "
+                                                          "log-likelihood as lm-eval does: arc_easy, "
+                                                          "arc_challenge, hellaswag, mmlu, boolq (acc, acc_norm, "
+                                                          "bpb), gsm8k (bpb of the gold solution), or paths to "
+                                                          "JSONL files in the benchmarks' shape.")] = None,
+        eval_limit: Annotated[int, typer.Option(help="Items per task (the first N of the file; 0: all).")] = 200,
+        eval_max_tokens: Annotated[int, typer.Option(help="Held-out tokens scored per source: its first documents "
+                                                     "up to this many (0: all; bounds the cost of an "
+                                                     "evaluation).")] = 0,
         plan: Annotated[bool, typer.Option(help="Print the per-GPU memory plan (params, grads, optimizer, "
                                            "activations, logits chunks) for --preset/--seq-len/--sp/--nproc/"
                                            "--act-ckpt and exit; e.g. --preset instella-3b --seq-len 262144 "
@@ -329,12 +385,16 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         if plan:
             print_memory_plan(preset, seq_len, sp, nproc, act_ckpt, micro_batch)
             return
-        check_launch(data, out, nproc, sp)
+        builds = list(data or [])
+        check_launch(builds[0] if builds else None, out, nproc, sp)
+        for extra in builds[1:]:
+            check_launch(extra, out, nproc, sp)
         try:
+            mix_cfg = resolve_mix(builds, mix, max_repeat)
             if recipe is not None:
                 get_recipe(recipe)
             cfg = TrainConfig(
-                data=str(data), out=str(out), preset=preset, recipe=recipe, steps=steps, tokens=tokens,
+                data=str(builds[0]), out=str(out), mix=mix_cfg, preset=preset, recipe=recipe, steps=steps, tokens=tokens,
                 epochs=epochs, seq_len=seq_len, batch_tokens=batch_tokens, micro_batch=micro_batch,
                 grad_accum=grad_accum, positions=positions, attention=attention, init=init, norm_eps=norm_eps,
                 decay_norm=decay_norm, rope_theta=rope_theta, lr=lr, schedule=schedule, warmup=warmup,
@@ -342,7 +402,10 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                 dtype=dtype, compile=compile, act_ckpt=act_ckpt, replicate=replicate, attn_backend=attn_backend,
                 save_every=save_every, resume=str(resume) if resume else None, resume_step=resume_step,
                 init_from=init_from, peak_tflops=peak_tflops, log_every=log_every, progress=progress,
-                verify_data=verify_data, allow_data_change=allow_data_change, extra={"sp": sp} if sp else {})
+                verify_data=verify_data, allow_data_change=allow_data_change,
+                eval_every=eval_every, eval_tasks=eval_tasks, eval_limit=eval_limit, eval_max_tokens=eval_max_tokens,
+                extra={"sp": sp} if sp else {})
+            check_eval_request(cfg)
             cfg, run_seeds = resolve_config(cfg, nproc, seed, seeds)
             check_data(cfg)
         except (ValueError, FileNotFoundError) as e:

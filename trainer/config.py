@@ -96,6 +96,9 @@ class TrainConfig:
     positions: str | None = None  # "document": RoPE positions restart per document; "absolute": position in the row
     attention: str | None = None  # "document" (default): no attention across documents; "causal": over the row
     rope_theta: float | None = None  # default: the build's rope_theta, else the preset's
+    # load-time mixing (trainer/mixing.py): {"builds": [every --data], "request": MixRequest.to_dict()}; None =
+    # train on `data` exactly as without mixing
+    mix: dict | None = None
     # model fidelity switches (default: the preset's / ours; recipes choose Instella's)
     init: str | None = None  # "normal" (ours) | "mitchell" (Instella)
     norm_eps: float | None = None  # RMSNorm eps (ours 1e-6, Instella 1e-5)
@@ -131,6 +134,11 @@ class TrainConfig:
     plot: bool = True
     peak_tflops: float | None = None  # per device, for MFU; default from the GPU name, None on CPU
     progress: bool = True
+    # in-loop evaluation (trainer/evaluate.py): held-out bpb per source + downstream tasks
+    eval_every: int = 0  # evaluate every N steps and at the end; 0 with eval_tasks: only at the end
+    eval_tasks: str | None = None  # comma-separated task names (../shared/data/benchmarks) or JSONL paths
+    eval_limit: int = 200  # items per task
+    eval_max_tokens: int = 0  # per held-out source: its first documents up to this many tokens (0: all)
     extra: dict = field(default_factory=dict)  # free slot for extensions ("sp": Ulysses sequence parallelism)
 
     def __post_init__(self) -> None:
@@ -149,19 +157,24 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
-        for name in ("warmup", "weight_decay", "grad_clip", "final_lr_ratio"):
+        for name in ("warmup", "weight_decay", "grad_clip", "final_lr_ratio", "eval_every", "eval_limit",
+                     "eval_max_tokens"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
 
-    def to_json(self, path: str | Path, resolved: dict | None = None, build: dict | None = None) -> None:
+    def to_json(self, path: str | Path, resolved: dict | None = None, build: dict | None = None,
+                builds: dict | None = None) -> None:
         """Write the config; `resolved` (the settings the run actually used) and `build` (the fingerprint of the
-        build it trains on, trainer/integrity.py) are stored beside it for the record."""
+        build it trains on, trainer/integrity.py; `builds`: of every --data build of a mixed run) are stored beside
+        it for the record."""
         raw = asdict(self)
         if resolved is not None:
             raw["resolved"] = resolved
         if build is not None:
             raw["build"] = build
+        if builds is not None:
+            raw["builds"] = builds
         tmp = Path(str(path) + ".tmp")
         tmp.write_text(json.dumps(raw, indent=2))
         tmp.replace(path)

@@ -20,7 +20,9 @@ from trainer import integrity
 from trainer import parallel
 from trainer import sp as seqpar
 from trainer.config import ModelConfig, TrainConfig, get_preset
-from trainer.data import PackedDataset, StepLoader, read_build
+from trainer.data import PackedDataset, read_build
+from trainer.mixing import load_data_position, make_loader, mix_builds, plan_for_run, total_rows
+from trainer.evaluate import make_evaluator, plot_eval
 from trainer.metrics import MetricsLog, peak_flops, plot_loss, step_flops
 from trainer.model import Transformer
 from trainer.optim import LRSchedule, build_optimizer, set_lr
@@ -92,8 +94,10 @@ def resolve_run(cfg: TrainConfig, world: int) -> tuple[RunSettings, ModelConfig]
     cannot run as asked. `cli.py train` calls this before launching anything, `train` again on every rank."""
     info = read_build(cfg.data)
     base, source = base_model_config(cfg)
-    settings = resolve_settings(cfg, base, info.seq_len, info.rope_theta, sum(n for _, n in info.shards), world,
-                                source)
+    rows = total_rows(mix_builds(cfg)) if cfg.mix else sum(n for _, n in info.shards)
+    settings = resolve_settings(cfg, base, info.seq_len, info.rope_theta, rows, world, source)
+    if cfg.mix:
+        plan_for_run(cfg, settings)  # a source too small for its weight fails here, before any process starts
     return settings, resolve_model_config(base, settings)
 
 
@@ -109,13 +113,13 @@ def train(cfg: TrainConfig) -> dict:
     return summary
 
 
-def pin_build(cfg: TrainConfig, seq_len: int, verify_data: bool) -> integrity.BuildFingerprint:
-    """The fingerprint of the build this run trains on, after the cheap checks of every file it will read (and a
+def pin_build(build: str, verify_data: bool) -> integrity.BuildFingerprint:
+    """The fingerprint of a build this run trains on, after the cheap checks of every file it will read (and a
     re-hash of all of them with `verify_data`); DataError naming the first damaged file."""
     if verify_data:
-        integrity.raise_problems(cfg.data, integrity.verify_build_data(cfg.data), "--verify-data:")
-    integrity.raise_problems(cfg.data, integrity.check_build_files(cfg.data, seq_len), "damaged build")
-    return integrity.build_fingerprint(cfg.data)
+        integrity.raise_problems(build, integrity.verify_build_data(build), "--verify-data:")
+    integrity.raise_problems(build, integrity.check_build_files(build, read_build(build).seq_len), "damaged build")
+    return integrity.build_fingerprint(build)
 
 
 def check_pinned(dataset: PackedDataset, fingerprint: integrity.BuildFingerprint) -> None:
@@ -130,10 +134,11 @@ def check_pinned(dataset: PackedDataset, fingerprint: integrity.BuildFingerprint
 def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
     run = Path(cfg.out)
     settings, mcfg = resolve_run(cfg, env.world)
-    build_seq_len = read_build(cfg.data).seq_len
-    # --verify-data hashes once per node (the CLI launcher has hashed already when it started this run)
-    fingerprint = pin_build(cfg, build_seq_len, cfg.verify_data and env.local_rank == 0
-                            and not os.environ.get("MIDTRAIN_DATA_VERIFIED"))
+    # every build of the run (several with --mix) is checked and pinned; --verify-data hashes once per node (the
+    # CLI launcher has hashed already when it started this run)
+    verify = cfg.verify_data and env.local_rank == 0 and not os.environ.get("MIDTRAIN_DATA_VERIFIED")
+    fingerprints = {b: pin_build(b, verify) for b in mix_builds(cfg)}
+    fingerprint = fingerprints[cfg.data]
     if cfg.resume:  # before any weight is read: a checkpoint resumes only on the build it trained on
         resume_path = ckpt.find_checkpoint(cfg.resume, cfg.resume_step)
         note = integrity.check_resume_build(ckpt.read_trainer_state(resume_path).get("build"), fingerprint,
@@ -142,9 +147,11 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
             warnings.warn(note, stacklevel=1)
     if env.is_main:
         run.mkdir(parents=True, exist_ok=True)
-        cfg.to_json(run / "train_config.json", resolved=settings.to_dict(), build=fingerprint.to_dict())
-    dataset = PackedDataset(cfg.data, mcfg.seq_len)  # pins the build's shard directories
-    check_pinned(dataset, fingerprint)
+        resolved = settings.to_dict()
+        if cfg.mix:  # the mix as planned for this run (weights normalised, rows per source)
+            resolved["mix"] = plan_for_run(cfg, settings)[2].to_dict()
+        cfg.to_json(run / "train_config.json", resolved=resolved, build=fingerprint.to_dict(),
+                    **({"builds": {b: f.to_dict() for b, f in fingerprints.items()}} if cfg.mix else {}))
     model = build_model(mcfg, cfg, env, settings.dtype)
     spc = seqpar.init_sequence_parallel(settings.sp, env.rank, env.world)
     seqpar.enable_ulysses(model, spc)
@@ -152,23 +159,27 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
                           cfg.wsd_decay)
     optimizer = build_optimizer(model, settings.lr, (settings.beta1, settings.beta2), settings.eps,
                                 settings.weight_decay, settings.decay_norm)
-    # ranks of one sequence-parallel group read the same rows
-    loader = StepLoader(dataset, cfg.seed, spc.data_rank(env.rank), spc.data_world(env.world), settings.micro_batch,
-                        settings.grad_accum, settings.positions, settings.attention)
+    # ranks of one sequence-parallel group read the same rows; with --mix the loader interleaves per-source pools
+    loader = make_loader(cfg, settings, mcfg.seq_len, spc.data_rank(env.rank), spc.data_world(env.world))
+    datasets = loader.datasets if cfg.mix else [loader.ds]  # in the order of mix_builds(cfg)
+    for dataset, build in zip(datasets, fingerprints):  # the shard directories the loader holds are those pinned
+        check_pinned(dataset, fingerprints[build])
 
     start = 0
     if cfg.resume:
         path = ckpt.find_checkpoint(cfg.resume, cfg.resume_step)
         state = ckpt.load_checkpoint(path, model, optimizer, env.rank)
-        loader.load_state_dict(state["data"])
+        load_data_position(loader, state["data"], str(path))
         start = state["step"]
     log = MetricsLog(run, env.is_main, resume_step=start)
+    evaluator = make_evaluator(cfg, mcfg.seq_len, env)  # None unless --eval-every / --eval-tasks
     peak = peak_flops(env.device, cfg.peak_tflops)
     progress = _progress(env.is_main and cfg.progress)
     task = progress.add_task("train", total=settings.steps, completed=start, loss=float("nan")) if progress else None
     if env.is_main:
         name = cfg.preset or effective_preset(cfg) or "model of --init-from"
-        print(f"[train] {name}: {mcfg.n_params() / 1e6:.1f}M params, seed {cfg.seed}, {len(dataset):,} units, "
+        n_units = loader.n_units if cfg.mix else len(loader.ds)
+        print(f"[train] {name}: {mcfg.n_params() / 1e6:.1f}M params, seed {cfg.seed}, {n_units:,} units, "
               f"world {env.world} (sp {spc.size}), {loader.units_per_step} units/step; resolved settings:\n"
               f"{settings.table()}", flush=True)
 
@@ -182,11 +193,15 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
                 log.log(last)
             if progress:
                 progress.update(task, completed=step, loss=last["loss"])
+            if evaluator and evaluator.cfg.due(step, settings.steps):
+                log.log(evaluator(model, step))  # collective: every rank evaluates, rank 0 writes
             if (cfg.save_every and step % cfg.save_every == 0) or step == settings.steps:
                 state = {"step": step, "data": loader.state_dict(), "schedule": schedule.state_dict(),
                          "config": dataclasses.asdict(cfg), "settings": settings.to_dict(),
                          "model": dataclasses.asdict(mcfg), "build": fingerprint.to_dict()}
                 ckpt.save_checkpoint(ckpt.checkpoint_dir(run, step), model, optimizer, state, env.rank)
+                if cfg.mix and env.is_main:
+                    loader.write_report(run / "mixture.json", step)
     finally:
         if progress:
             progress.stop()
@@ -200,6 +215,7 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
                                                    "build": fingerprint.to_dict()})
     if env.is_main and cfg.plot:
         plot_loss(run)
+        plot_eval(run)
     return last
 
 

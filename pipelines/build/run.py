@@ -71,6 +71,14 @@ def stage_b_stages(ctx: BuildContext, decide: list[Stage]) -> list[Stage]:
     if lay.n_tasks:
         stages.append(Stage("documents", [ApplyDecisions(ctx, lay)], lay.n_tasks,
                             description=f"apply decisions to {lay.n_tasks} files"))
+        if lay.holdout:
+            from pipelines.pack.holdout import HoldoutConfig
+            from pipelines.shards.holdout import WriteHoldout
+
+            cfg = HoldoutConfig.from_spec(ctx.spec.holdout, ctx.spec.path)
+            stages.append(Stage("holdout", [WriteHoldout(ctx, lay, cfg)], 1,
+                                description=f"hold out up to {cfg.max_docs} documents per source "
+                                            f"(fraction {cfg.fraction:g})"))
         stages += pack_stages(ctx, lay)
         # a writer holds one chunk of rows (+ mask) and that chunk's plan segments (~100 B per segment)
         chunk_bytes = CHUNK_TOKENS * (token_dtype(ctx.vocab_size).itemsize + ctx.with_mask)

@@ -66,11 +66,14 @@ class MixtureSpec:
     decontaminate: dict[str, Any] | None = None
     tokens: float | None = None  # target tokens of the stage (e.g. 58e9), with per-source `share:`
     tokenization: str = "default"  # "dolma": dolma-tokens-compatible text handling (pipelines/steps/tokenize_modes.py)
+    holdout: dict[str, Any] | None = None  # {fraction, max_docs}: documents held out per source (pipelines/pack/holdout.py)
     path: str = ""  # where the spec was loaded from (not part of the hash)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("path")
+        if d["holdout"] is None:  # absent: the spec (and its hash) reads as before the key existed
+            d.pop("holdout")
         return d
 
     @property
@@ -159,7 +162,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "sources": (list,), "description": (str,), "eos_id": (int,), "pad_id": (int,), "rope_theta": (int, float),
     "seed": (int,), "shard_tokens": (int,), "dedup": (dict,), "decontaminate": (dict,),
     "share": (int, float), "fetch": (dict,), "filter": (dict,), "tokens": (int, float, str),
-    "tokenization": (str,),
+    "tokenization": (str,), "holdout": (dict,),
 }
 
 
@@ -178,7 +181,7 @@ def _validate_mapping(where: str, raw: Any, cls) -> dict[str, Any]:
         raise SpecError(f"{where}: missing required field(s) {missing}")
     for key, value in raw.items():
         if value is None and key in ("dedup", "decontaminate", "eos_id", "pad_id", "share", "fetch", "filter",
-                                     "tokens") + (("packing",) if cls is SourceSpec else ()):
+                                     "tokens", "holdout") + (("packing",) if cls is SourceSpec else ()):
             continue
         _check_type(where, key, value, _TYPES[key])
     return dict(raw)
@@ -225,6 +228,15 @@ def parse_spec(raw: Any, path: str = "<spec>") -> MixtureSpec:
         raise SpecError(f"{path}: field 'packing.mode' must be a string, got {data['packing']['mode']!r}")
     if not isinstance(data.get("packing", {}).get("loss_mask", False), bool):
         raise SpecError(f"{path}: field 'packing.loss_mask' must be true or false, got {data['packing']['loss_mask']!r}")
+    by_source = data.get("packing", {}).get("by_source", False)
+    if not isinstance(by_source, bool):
+        raise SpecError(f"{path}: field 'packing.by_source' must be true or false, got {by_source!r}")
+    if by_source and data["packing"].get("mode", "concat") != "concat":
+        raise SpecError(f"{path}: field 'packing.by_source' applies to mode concat only, got mode "
+                        f"{data['packing']['mode']!r}")
+    from pipelines.pack.holdout import HoldoutConfig
+
+    HoldoutConfig.from_spec(data.get("holdout"), path)
     if data.get("tokenization", "default") not in TOKENIZATIONS:
         raise SpecError(f"{path}: field 'tokenization' must be one of {list(TOKENIZATIONS)}, got {data['tokenization']!r}")
     if data["seq_len"] <= 0:
