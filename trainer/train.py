@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from trainer import carry
 from trainer import checkpoint as ckpt
 from trainer import parallel
 from trainer import sp as seqpar
@@ -27,10 +28,10 @@ HF_PREFIX = "hf:"  # --init-from hf:DIR reads a Hugging Face checkpoint through 
 
 
 def base_model_config(cfg: TrainConfig) -> tuple[ModelConfig, str]:
-    """The model before this run's settings: the preset, else the --init-from model's config; and where it came
-    from."""
-    name = effective_preset(cfg)
-    if name:
+    """The model before this run's settings: the --init-from checkpoint's own config (its architecture wins over
+    --preset, which must merely fit it), else the preset; and where it came from."""
+    if not cfg.init_from:
+        name = effective_preset(cfg)
         return get_preset(name).model, f"preset {name}"
     if cfg.init_from.startswith(HF_PREFIX):
         hf = _hf_module()
@@ -61,8 +62,10 @@ def _hf_module():
     return hf
 
 
-def build_model(mcfg: ModelConfig, cfg: TrainConfig, env: parallel.DistEnv, dtype: str | None = None) -> Transformer:
-    """Full init on CPU (same weights for any world size), meta-device init + sharded materialisation on GPU."""
+def build_model(mcfg: ModelConfig, cfg: TrainConfig, env: parallel.DistEnv, dtype: str | None = None,
+                init_weights: bool = True) -> Transformer:
+    """Full init on CPU (same weights for any world size), meta-device init + sharded materialisation on GPU;
+    then the --init-from weights unless `init_weights` is False (--keep-optimizer loads them with the moments)."""
     torch.manual_seed(cfg.seed)
     if env.device.type == "cuda":
         with torch.device("meta"):
@@ -79,7 +82,7 @@ def build_model(mcfg: ModelConfig, cfg: TrainConfig, env: parallel.DistEnv, dtyp
         model.to_empty(device=env.device)
         torch.manual_seed(cfg.seed)
         model.init_weights()
-    if cfg.init_from:
+    if cfg.init_from and init_weights:
         ckpt.load_full_weights(model, load_init_weights(cfg.init_from, mcfg))
     return model
 
@@ -91,6 +94,8 @@ def resolve_run(cfg: TrainConfig, world: int) -> tuple[RunSettings, ModelConfig]
     base, source = base_model_config(cfg)
     settings = resolve_settings(cfg, base, info.seq_len, info.rope_theta, sum(n for _, n in info.shards), world,
                                 source)
+    if settings.keep_optimizer:  # fail before any process starts, not after the model is built
+        carry.check_compatible(carry.optimizer_checkpoint(cfg.init_from), settings.decay_norm)
     return settings, resolve_model_config(base, settings)
 
 
@@ -110,13 +115,20 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
         run.mkdir(parents=True, exist_ok=True)
         cfg.to_json(run / "train_config.json", resolved=settings.to_dict())
     dataset = PackedDataset(cfg.data, mcfg.seq_len)
-    model = build_model(mcfg, cfg, env, settings.dtype)
+    model = build_model(mcfg, cfg, env, settings.dtype, init_weights=not settings.keep_optimizer)
     spc = seqpar.init_sequence_parallel(settings.sp, env.rank, env.world)
     seqpar.enable_ulysses(model, spc)
     schedule = LRSchedule(settings.schedule, settings.lr, settings.steps, settings.warmup, settings.final_lr_ratio,
-                          cfg.wsd_decay)
+                          cfg.wsd_decay, settings.warmup_start)
     optimizer = build_optimizer(model, settings.lr, (settings.beta1, settings.beta2), settings.eps,
                                 settings.weight_decay, settings.decay_norm)
+    if settings.keep_optimizer and not cfg.resume:  # on resume the run's own checkpoint holds both
+        path = carry.optimizer_checkpoint(cfg.init_from)
+        carry.check_compatible(path, settings.decay_norm)
+        from_step = carry.load_weights_and_optimizer(path, model, optimizer, (settings.beta1, settings.beta2),
+                                                     settings.eps, settings.weight_decay)
+        if env.is_main:
+            print(f"[train] weights and AdamW moments of {path} (step {from_step:,}); step counter reset", flush=True)
     # ranks of one sequence-parallel group read the same rows
     loader = StepLoader(dataset, cfg.seed, spc.data_rank(env.rank), spc.data_world(env.world), settings.micro_batch,
                         settings.grad_accum, settings.positions, settings.attention)
