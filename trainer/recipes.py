@@ -59,6 +59,10 @@ class Recipe:
     # --init-from keeps the previous stage's AdamW moments (Instella: `reset_trainer_state: true` without
     # `reset_optimizer_state`), with the step counter and schedule starting anew
     keep_optimizer: bool = False
+    objective: str = "lm"  # "lm": next-token loss; "dpo": preference pairs (trainer/dpo.py), a row = one pair
+    warmup_ratio: float | None = None  # warmup as a fraction of the steps (open-instruct: int(ratio x steps))
+    dpo_beta: float = 0.0
+    dpo_loss: str = ""
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.steps, self.tokens, self.epochs)) != 1:
@@ -72,9 +76,14 @@ class Recipe:
         return self.global_batch // self.sp
 
     @property
+    def unit_tokens(self) -> int:
+        """Tokens of one batch unit: a row, or for DPO a pair of rows (chosen + rejected)."""
+        return self.seq_len * (2 if self.objective == "dpo" else 1)
+
+    @property
     def batch_tokens(self) -> int:
         """Distinct tokens per optimizer step."""
-        return self.rows_per_step * self.seq_len
+        return self.rows_per_step * self.unit_tokens
 
     @property
     def total_tokens(self) -> int | None:
@@ -85,7 +94,8 @@ class Recipe:
 
     def describe(self) -> str:
         """One line: batch and duration in tokens (what `cli.py recipes` and the start of a run print)."""
-        seq = f"{self.rows_per_step} rows x {self.seq_len:,}"
+        seq = (f"{self.rows_per_step} pairs x 2 x {self.seq_len:,}" if self.objective == "dpo" else
+               f"{self.rows_per_step} rows x {self.seq_len:,}")
         if self.sp > 1:
             seq = f"{self.global_batch}/{self.sp} (sp) = " + seq
         total = self.total_tokens
@@ -123,6 +133,12 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("instella-sft", "Instella-3B-SFT (3 epochs, loss on assistant tokens)",
            lr=1e-5, schedule="linear", warmup=500, final_lr_ratio=0.001, seq_len=K4, global_batch=128,
            epochs=3),
+    # configs/instella-3b-dpo.yaml + scripts/dpo_tune.py (open-instruct): torch AdamW defaults (0.9, 0.999, 1e-8),
+    # weight decay 0, no clipping (clip_grad_norm -1), linear schedule warmed up from 0 over int(0.1 x steps)
+    Recipe("instella-dpo", "Instella-3B-Instruct: DPO (dpo_norm, β 5) on preference pairs from Instella-3B-SFT",
+           lr=5e-7, schedule="linear", warmup=0, final_lr_ratio=0.0, seq_len=2048, global_batch=128, epochs=1,
+           objective="dpo", warmup_ratio=0.1, warmup_start=0.0, beta2=0.999, weight_decay=0.0, grad_clip=0.0,
+           decay_norm=False, dpo_beta=5.0, dpo_loss="dpo_norm"),
 )}
 
 
@@ -162,6 +178,9 @@ class RunSettings:
     steps: int
     warmup_start: float = 0.0  # warmup starts at warmup_start x lr (Instella: 0.1)
     keep_optimizer: bool = False  # --init-from also restores the AdamW moments of that checkpoint
+    objective: str = "lm"  # "dpo": preference pairs, a batch unit (micro_batch) is a pair of rows
+    dpo_beta: float = 0.0
+    dpo_loss: str = ""
     source: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -234,14 +253,19 @@ def resolve_settings(cfg: TrainConfig, model: ModelConfig, build_seq_len: int, b
                          + ("; pass --sp 1 (or a divisor) to override the recipe" if source["sp"] != "flag" else ""))
     if seq_len % sp:
         raise ValueError(f"sequence parallelism {sp} must divide the row length {seq_len}")
-    micro_batch, grad_accum, tokens_per_step = _resolve_batch(cfg, recipe, seq_len, world // sp, source)
+    objective = recipe.objective if recipe is not None else "lm"
+    unit = seq_len * (2 if objective == "dpo" else 1)  # DPO: a unit of the batch is a (chosen, rejected) pair
+    micro_batch, grad_accum, tokens_per_step = _resolve_batch(cfg, recipe, unit, world // sp, source)
     steps = _resolve_steps(cfg, recipe, tokens_per_step, build_seq_len, build_rows, source)
     preset_name = effective_preset(cfg)
     preset = get_preset(preset_name) if preset_name else None
     lr = pick("lr", cfg.lr, preset.lr if preset else None)
     if lr is None:
         raise ValueError("no learning rate: pass --lr (or --recipe / --preset)")
-    if cfg.warmup is None and recipe is None:
+    if cfg.warmup is None and recipe is not None and recipe.warmup_ratio is not None:
+        warmup = int(steps * recipe.warmup_ratio)
+        source["warmup"] = f"recipe {recipe.name}: int({recipe.warmup_ratio:g} x {steps} steps)"
+    elif cfg.warmup is None and recipe is None:
         source["warmup"] = "default (preset's, at most steps/10)"
         warmup = min(preset.warmup if preset else 0, steps // 10)
     else:
@@ -270,7 +294,8 @@ def resolve_settings(cfg: TrainConfig, model: ModelConfig, build_seq_len: int, b
         norm_eps=norm_eps,
         decay_norm=bool(pick("decay_norm", cfg.decay_norm, False)), sp=sp, world=world, micro_batch=micro_batch,
         grad_accum=grad_accum, tokens_per_step=tokens_per_step, steps=steps, warmup_start=float(warmup_start),
-        keep_optimizer=keep_optimizer, source=source)
+        keep_optimizer=keep_optimizer, objective=objective, dpo_beta=float(recipe.dpo_beta if recipe else 0.0),
+        dpo_loss=recipe.dpo_loss if recipe else "", source=source)
 
 
 def _resolve_norm_eps(cfg: TrainConfig, model: ModelConfig, model_source: str, pick, source: dict) -> float:

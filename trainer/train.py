@@ -111,6 +111,10 @@ def train(cfg: TrainConfig) -> dict:
 def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
     run = Path(cfg.out)
     settings, mcfg = resolve_run(cfg, env.world)
+    if settings.objective == "dpo":  # preference pairs and a frozen reference: trainer/dpo.py
+        from trainer.dpo import train_dpo
+
+        return train_dpo(cfg, env, settings, mcfg)
     if env.is_main:
         run.mkdir(parents=True, exist_ok=True)
         cfg.to_json(run / "train_config.json", resolved=settings.to_dict())
