@@ -21,7 +21,6 @@ optimizer state).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -65,13 +64,15 @@ def sequence_logp(model, batch: Batch, average: bool) -> torch.Tensor:
 def is_preference_build(path: str | Path) -> bool:
     from pipelines.shards.reader import connect
 
+    from trainer.hf_files import packing_mode
+
     con = connect(Path(path))
     try:
-        raw = con.execute("select packing from build").fetchone()[0]
+        cur = con.execute("select * from build")
+        row = dict(zip([d[0] for d in cur.description], cur.fetchone()))
     finally:
         con.close()
-    packing = json.loads(raw) if isinstance(raw, str) else (raw or {})
-    return isinstance(packing, dict) and packing.get("mode") == PREFERENCE_MODE
+    return packing_mode(row.get("packing")) == PREFERENCE_MODE
 
 
 class PairLoader:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from trainer import hf_files
 from trainer.checkpoint import EXPORT_WEIGHTS, find_checkpoint, load_model_weights, read_model_config
 from trainer.config import ModelConfig
 
@@ -136,7 +137,7 @@ def model_config_to_hf_config(cfg: ModelConfig, fmt: str, dtype: str = "float32"
         "hidden_act": "silu", "max_position_embeddings": cfg.seq_len, "initializer_range": cfg.init_std,
         "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta, "rope_scaling": None,
         "attention_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": False, "use_cache": True,
-        "bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": pad_id, "torch_dtype": dtype,
+        "bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": pad_id, "dtype": dtype,
     }
     if fmt == "transformers":
         del config["rope_scaling"]  # transformers 5 warns on the (null) legacy field; absent means none in 4.x too
@@ -359,8 +360,10 @@ def resolve_export_tokenizer(run_or_checkpoint: str | Path, tokenizer: str | Pat
     return ExportTokenizer(path, eos, pad, source)
 
 
-def write_tokenizer(out: Path, tokenizer: ExportTokenizer, model_max_length: int) -> None:
-    """tokenizer.json + tokenizer_config.json + special_tokens_map.json, loadable by `AutoTokenizer` offline."""
+def write_tokenizer(out: Path, tokenizer: ExportTokenizer, model_max_length: int,
+                    chat_template: str | None = None) -> None:
+    """tokenizer.json + tokenizer_config.json + special_tokens_map.json, loadable by `AutoTokenizer` offline; with
+    `chat_template`, also chat_template.jinja (transformers 5) and the same template in tokenizer_config.json (4.x)."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer.path))
@@ -372,6 +375,11 @@ def write_tokenizer(out: Path, tokenizer: ExportTokenizer, model_max_length: int
     # when encoding: documents were tokenized without BOS and EOS only ends them.
     config = {"tokenizer_class": "GPTNeoXTokenizer", **specials, "add_bos_token": False, "add_eos_token": False,
               "clean_up_tokenization_spaces": False, "model_max_length": model_max_length}
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+        _atomic_write(out / "chat_template.jinja", chat_template.encode())
+    elif (out / "chat_template.jinja").exists():  # a base model must not keep an earlier export's template
+        (out / "chat_template.jinja").unlink()
     _atomic_write(out / "tokenizer_config.json", json.dumps(config, indent=2).encode())
 
 
@@ -379,9 +387,7 @@ def write_tokenizer(out: Path, tokenizer: ExportTokenizer, model_max_length: int
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    hf_files.write_file(path, data)  # atomic and 0644: an evaluation checkpoint is meant to be shared
 
 
 def resolve_weights_dir(run_or_checkpoint: str | Path) -> Path:
@@ -395,16 +401,17 @@ def resolve_weights_dir(run_or_checkpoint: str | Path) -> Path:
 
 
 def export_hf(run_or_checkpoint: str | Path, out: str | Path, fmt: str = "transformers",
-              tokenizer: str | Path | None = None, dtype: str = "float32") -> Path:
-    """Write OUT/{config.json, model.safetensors, generation_config.json, tokenizer files} in `fmt`.
+              tokenizer: str | Path | None = None, dtype: str | None = None, chat_template: bool | None = None,
+              max_shard_size: str | int = hf_files.DEFAULT_MAX_SHARD) -> Path:
+    """Write OUT/{config.json, weights, generation_config.json, tokenizer files} in `fmt`.
 
     fmt "transformers": OlmoeForCausalLM with one expert (no remote code); "instella": Instella's released layout.
-    The tokenizer: `tokenizer`, else the run's build's, else Instella's (`resolve_export_tokenizer`)."""
-    from safetensors.torch import save_file
-
+    The tokenizer: `tokenizer`, else the run's build's, else Instella's (`resolve_export_tokenizer`). dtype: default
+    bfloat16 over 1B parameters, else float32. Weights over `max_shard_size` are sharded with an index. Chat
+    template (Instella's): with `chat_template`, or by default for SFT/DPO runs (trainer/hf_files.py)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    if dtype not in DTYPES:
+    if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     src = resolve_weights_dir(run_or_checkpoint)
     try:
@@ -413,22 +420,19 @@ def export_hf(run_or_checkpoint: str | Path, out: str | Path, fmt: str = "transf
         raise HFFormatError(f"{src}: no model config of this project (expected a run, a step-N checkpoint or an "
                             "export/merge dir)") from None
     tok = resolve_export_tokenizer(src, tokenizer)  # before the (large) weights: fail fast
+    dtype = dtype or hf_files.default_dtype(cfg.n_params())
+    if chat_template is None:
+        chat_template = hf_files.is_chat_run(src, _run_data(src))
     weights = load_model_weights(src)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.to(DTYPES[dtype]).cpu() for k, v in to_hf_state(weights, cfg, fmt).items()}
-    tmp = out / (EXPORT_WEIGHTS + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.chmod(tmp, 0o644)  # safetensors creates 0600; an evaluation checkpoint is meant to be shared
-    os.replace(tmp, out / EXPORT_WEIGHTS)
-    index = out / "model.safetensors.index.json"  # a stale shard index would shadow the new single file
-    if index.exists():
-        index.unlink()
+    hf_files.save_weights(out, state, max_shard_size)  # 0644, sharded + index when large, stale files removed
     config = model_config_to_hf_config(cfg, fmt, dtype, eos_id=tok.eos_id, pad_id=tok.pad_id)
     _atomic_write(out / "config.json", json.dumps(config, indent=2).encode())
     generation = {"bos_token_id": tok.eos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
     _atomic_write(out / "generation_config.json", json.dumps(generation, indent=2).encode())
-    write_tokenizer(out, tok, cfg.seq_len)
+    write_tokenizer(out, tok, cfg.seq_len, hf_files.INSTELLA_CHAT_TEMPLATE if chat_template else None)
     return out
 
 
