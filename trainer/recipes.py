@@ -254,6 +254,9 @@ def resolve_settings(cfg: TrainConfig, model: ModelConfig, build_seq_len: int, b
     if seq_len % sp:
         raise ValueError(f"sequence parallelism {sp} must divide the row length {seq_len}")
     objective = recipe.objective if recipe is not None else "lm"
+    source["objective"] = f"recipe {recipe.name}" if recipe is not None else "default"
+    if objective == "dpo":
+        source["dpo_beta"] = source["dpo_loss"] = f"recipe {recipe.name}"
     unit = seq_len * (2 if objective == "dpo" else 1)  # DPO: a unit of the batch is a (chosen, rejected) pair
     micro_batch, grad_accum, tokens_per_step = _resolve_batch(cfg, recipe, unit, world // sp, source)
     steps = _resolve_steps(cfg, recipe, tokens_per_step, build_seq_len, build_rows, source)
