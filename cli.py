@@ -19,11 +19,11 @@ app.add_typer(synth_app, name="synth")
 # Modules exposing `register(app, synth_app)`; each adds its own commands.
 COMMAND_MODULES = [
     "pipelines.commands",
-    "pipelines.synth_gsm8k.cli",
-    "pipelines.longctx.cli",
+    "pipelines.synth.gsm8k.cli",
+    "pipelines.synth.longqa.cli",
     "trainer.cli",
     "trainer.hf_cli",
-    "pipelines.quality_cli",
+    "pipelines.quality.cli",
 ]
 
 for _name in COMMAND_MODULES:

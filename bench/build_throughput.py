@@ -40,7 +40,7 @@ CORPUS_GLOBS = ("allenai/dolmino-mix-1124/data/dclm/**/*.json.zst", "allenai/dol
 
 
 def make_corpus(dest: Path, copies: int) -> list[str]:
-    from pipelines.formats import iter_records
+    from pipelines.read.formats import iter_records
 
     hub = SHARED / "hub"
     files = [f for g in CORPUS_GLOBS for f in sorted(hub.glob(g))]
@@ -107,8 +107,9 @@ def self_cpu() -> float:
 BUILD = """
 import sys
 sys.path.insert(0, {root!r})
-from pipelines.build import BuildOptions, build_mixture
-from pipelines.spec import parse_spec
+from pipelines.build.options import BuildOptions
+from pipelines.build.run import build_mixture
+from pipelines.build.spec import parse_spec
 spec = parse_spec({spec!r}, {spec_path!r})
 build_mixture(spec, BuildOptions(out={out!r}, workers={workers}, progress=False))
 import resource
@@ -126,7 +127,7 @@ def main() -> None:
 
     from tokenizers import Tokenizer
 
-    from pipelines.decontam import DecontamConfig, build_decontam_index
+    from pipelines.decontam.ngram import DecontamConfig, build_decontam_index
 
     tmp = Path(tempfile.mkdtemp(prefix="midtrain-bench-"))
     try:

@@ -64,7 +64,7 @@ def _best_of(fn):
 
 
 def run_ours(texts: list[tuple[str, str]], work: Path) -> dict:
-    from pipelines.decontam import DecontamConfig, DecontamIndex, build_decontam_index
+    from pipelines.decontam.ngram import DecontamConfig, DecontamIndex, build_decontam_index
 
     cfg = DecontamConfig.from_spec({}, ROOT)
     t0 = time.perf_counter()
@@ -72,7 +72,7 @@ def run_ours(texts: list[tuple[str, str]], work: Path) -> dict:
     build_s = time.perf_counter() - t0
     from datatrove.data import Document
 
-    from pipelines.decontam import DecontaminationStep
+    from pipelines.decontam.ngram import DecontaminationStep
 
     before = rss_mb()
     step = DecontaminationStep(cfg, work / "ours")  # the production path: batches of ~1 MB of documents
@@ -94,7 +94,7 @@ def _datatrove_index(folder: Path) -> tuple[float, int]:
     import numpy as np
     from datatrove.pipeline.decont.n_grams import NGramsDecontConfig, NGramsDecontIndexer
 
-    from pipelines.decontam import DecontamConfig, read_items
+    from pipelines.decontam.ngram import DecontamConfig, read_items
 
     cfg = DecontamConfig.from_spec({}, ROOT)
     dt_cfg = NGramsDecontConfig(n_grams=13, find_query_ngrams=True, find_overlap_ngrams=True)

@@ -78,7 +78,7 @@ def corpus(mb: float, n_pairs: int) -> tuple[list[str], list[tuple[str, str, flo
 def method_fn(name: str, bands: int, rows: int):
     """A function text -> list of band keys (tuples or ints) for method `name`."""
     if name == "ours":
-        from pipelines.dedup import DedupConfig, MinHasher
+        from pipelines.dedup.signatures import DedupConfig, MinHasher
 
         h = MinHasher(DedupConfig(bands=bands, rows=rows))
 

@@ -5,7 +5,7 @@ For every document of the given files (default: the mirror's Dolmino wiki, DCLM 
 - dolma's own ids: `dolma.tokenizer.tokenize_file` — the per-file function `dolma tokens` runs — executed by the
   Python of a separate environment that has dolma (it needs `aiobotocore==2.5.4 boto3==1.28.17 botocore==1.31.17`,
   which would downgrade this project's boto stack, so it is kept out of the project's dependencies), with
-- ours: `tokenization: dolma` (pipelines/tokenize_modes.py) and, for reference, the default tokenization.
+- ours: `tokenization: dolma` (pipelines/steps/tokenize_modes.py) and, for reference, the default tokenization.
 
     python -m venv /tmp/dolma-venv && /tmp/dolma-venv/bin/pip install dolma==1.2.1 aiobotocore==2.5.4 \
         boto3==1.28.17 botocore==1.31.17
@@ -83,8 +83,8 @@ def main() -> int:
     import numpy as np
     from tokenizers import Tokenizer
 
-    from pipelines.formats import iter_records
-    from pipelines.tokenize_modes import dolma_encode
+    from pipelines.read.formats import iter_records
+    from pipelines.steps.tokenize_modes import dolma_encode
 
     files = args.files or sorted(str(p) for g in DEFAULT_GLOBS for p in DOLMINO.glob(g))
     theirs = dolma_ids(args.dolma_python, Path(args.tokenizer), files)

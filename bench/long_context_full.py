@@ -20,10 +20,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.build import BuildOptions, build_mixture  # noqa: E402
-from pipelines.manifest import connect  # noqa: E402
-from pipelines.spec import load_spec  # noqa: E402
-from pipelines.verify import verify_build  # noqa: E402
+from pipelines.build.options import BuildOptions
+from pipelines.build.run import build_mixture  # noqa: E402
+from pipelines.shards.reader import connect  # noqa: E402
+from pipelines.build.spec import load_spec  # noqa: E402
+from pipelines.shards.verify import verify_build  # noqa: E402
 
 LONG = ("books", "code_repos", "textbooks")
 

@@ -39,7 +39,7 @@ def main() -> None:
 
     import orjson
 
-    from pipelines.formats import iter_records
+    from pipelines.read.formats import iter_records
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "long.jsonl"

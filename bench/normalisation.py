@@ -33,7 +33,7 @@ def old_signals(texts: list[str], cfg):
     import numpy as np
     import xxhash
 
-    from pipelines.dedup import MinHasher
+    from pipelines.dedup.signatures import MinHasher
     from pipelines.text import fold_words, ngram_hashes, sequence_hash, word_hashes
 
     h = MinHasher(cfg)
@@ -53,7 +53,7 @@ def old_signals(texts: list[str], cfg):
 
 
 def new_signals(texts: list[str], cfg):
-    from pipelines.dedup import MinHasher, exact_key
+    from pipelines.dedup.signatures import MinHasher, exact_key
 
     bands = MinHasher(cfg).bands_batch(texts)
     return [exact_key(t) for t in texts], [None if b is None else b.view("int64").tolist() for b in bands]
@@ -62,7 +62,7 @@ def new_signals(texts: list[str], cfg):
 def drops(keys, bands, cfg) -> dict[int, tuple[str, str]]:
     import polars as pl
 
-    from pipelines.dedup import find_duplicates
+    from pipelines.dedup.signatures import find_duplicates
 
     df = pl.DataFrame({"key": range(len(keys)), "doc_id": [str(i) for i in range(len(keys))], "text_hash": keys,
                        "minhash": bands, "url": [None] * len(keys)},
@@ -77,8 +77,8 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=3, help="old false positives to print per source")
     args = ap.parse_args()
 
-    from pipelines.dedup import DedupConfig
-    from pipelines.formats import iter_records
+    from pipelines.dedup.signatures import DedupConfig
+    from pipelines.read.formats import iter_records
     from pipelines.text import fold_exact
 
     cfg = DedupConfig(url=False)

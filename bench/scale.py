@@ -148,9 +148,11 @@ class RssSampler:
 
 def run_one(n_docs: int, workers: int, keep: Path | None) -> dict:
     """Child process: build N documents, report per-stage numbers as JSON on stdout."""
-    from pipelines.build import BuildOptions, executor_options, plan_stages, prepare
-    from pipelines.executors import make_executors
-    from pipelines.spec import load_spec
+    from pipelines.build.options import BuildOptions
+    from pipelines.build.run import executor_options, plan_stages
+    from pipelines.build.context import prepare
+    from pipelines.build.executors import make_executors
+    from pipelines.build.spec import load_spec
 
     tmp = Path(tempfile.mkdtemp(prefix=f"scale-{n_docs}-", dir=keep))
     corpus, out = tmp / "corpus", tmp / "out"

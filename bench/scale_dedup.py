@@ -1,4 +1,4 @@
-"""Scale of the global dedup stages (pipelines/dedup_stages.py) on synthetic stage-A intermediates.
+"""Scale of the global dedup stages (pipelines/dedup/global_stages.py) on synthetic stage-A intermediates.
 
 For each N, writes N documents as fake `*.docs.parquet` files (`--per-task` rows each) with planted copies:
 exact copies (same text hash and bands as an earlier original), near copies (two bands shared with an earlier
@@ -29,10 +29,10 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipelines import dedup_stages as ds  # noqa: E402
-from pipelines.decisions import read_decisions  # noqa: E402
-from pipelines.quality.hashing import mix64  # noqa: E402
-from pipelines.steps import intermediate_paths  # noqa: E402
+from pipelines.dedup import global_stages as ds  # noqa: E402
+from pipelines.dedup.decisions import read_decisions  # noqa: E402
+from pipelines.text import mix64  # noqa: E402
+from pipelines.steps.intermediate import intermediate_paths  # noqa: E402
 
 BANDS = 20
 PLANT = {"exact": 0.02, "near": 0.02, "url": 0.01}  # shares of documents that are planted copies
@@ -125,7 +125,7 @@ def run_stage_here(cfg: ds.GlobalDedupConfig, name: str) -> None:
 def baseline_here(cfg: ds.GlobalDedupConfig) -> None:
     import polars as pl
 
-    from pipelines.dedup import DedupConfig, find_duplicates
+    from pipelines.dedup.signatures import DedupConfig, find_duplicates
 
     frames = [pl.read_parquet(intermediate_paths(os.path.join(cfg.work_dir, "docs"), t)[0],
                               columns=["doc_id", "text_hash", "minhash", "url"])

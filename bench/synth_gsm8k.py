@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.synth_gsm8k.binding import Rejected  # noqa: E402
-from pipelines.synth_gsm8k.program import abstract  # noqa: E402
-from pipelines.synth_gsm8k.symbolic import SymbolicConfig, run_symbolic  # noqa: E402
+from pipelines.synth.gsm8k.binding import Rejected  # noqa: E402
+from pipelines.synth.gsm8k.program import abstract  # noqa: E402
+from pipelines.synth.gsm8k.symbolic import SymbolicConfig, run_symbolic  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 

@@ -57,7 +57,7 @@ def child(impl: str, build: str, module_path: str | None) -> None:
     import pyarrow  # noqa: F401
     import torch  # noqa: F401
 
-    import pipelines.manifest  # noqa: F401
+    import pipelines.shards.manifest  # noqa: F401
 
     if module_path:
         spec = importlib.util.spec_from_file_location("baseline_trainer_data", module_path)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -22,7 +21,7 @@ def _fail(msg: str) -> None:
 
 def print_summary(out: Path) -> None:
     """Composition table, drops by reason and source conditions of a finished build."""
-    from pipelines.manifest import connect
+    from pipelines.shards.reader import connect
 
     con = connect(out)
     t = Table(title=f"composition of {out}", show_footer=True)
@@ -109,7 +108,7 @@ def print_plan(plan, out: Path) -> None:
 
 def print_input_changes(out: Path) -> None:
     """Say which inputs changed since the previous build into the same OUT (their documents were read again)."""
-    from pipelines.input_state import read_input_changes
+    from pipelines.build.inputs import read_input_changes
 
     for kind, files in read_input_changes(out).items():
         for f in files:
@@ -120,7 +119,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     @app.command("mixtures")
     def mixtures_cmd() -> None:
         """List the mixture specs shipped in mixtures/."""
-        from pipelines.spec import SpecError, available_specs, load_spec
+        from pipelines.build.spec import SpecError, available_specs, load_spec
 
         t = Table(title="mixtures")
         for col in ("name", "seq_len", "sources", "description"):
@@ -141,8 +140,8 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                      help="PREFIX=DIR (repeatable): also list the files each source matches with URIs starting with "
                           "PREFIX read from DIR.")] = None) -> None:
         """Show a mixture spec: its sources, sampling rates and formats."""
-        from pipelines.sources import resolve_source
-        from pipelines.spec import SpecError, load_spec
+        from pipelines.build.spec import SpecError, load_spec
+        from pipelines.read.sources import resolve_source
 
         try:
             s = load_spec(name)
@@ -153,7 +152,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         console.print(f"[bold]{s.name}[/] — {s.description}\nseq_len {s.seq_len:,} · tokenizer {s.tokenizer} · "
                       f"rope_theta {s.rope_theta:,.0f} · seed {s.seed} · packing {s.packing}")
         t = Table()
-        from pipelines.remap import SourceMap, SourceMapError
+        from pipelines.read.remap import SourceMap, SourceMapError
 
         try:
             smap = SourceMap.parse(source_map or [], source_root)
@@ -204,10 +203,11 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         `per-file.` or `global.` to size the per-file stage and the global stages separately (e.g.
         `--executor-opt global.mem_per_cpu_gb=8`). Ray: `address=auto` joins a running cluster, else a local one
         with `--workers` CPUs is started."""
-        from pipelines.build import BuildOptions, build_mixture
+        from pipelines.build.executors import StageFailed, parse_executor_options
+        from pipelines.build.options import BuildOptions
+        from pipelines.build.run import build_mixture
+        from pipelines.build.spec import SpecError, load_spec
         from pipelines.errors import InputError
-        from pipelines.executors import StageFailed, parse_executor_options
-        from pipelines.spec import SpecError, load_spec
 
         try:
             spec = load_spec(name)
@@ -218,7 +218,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         except InputError as e:
             _fail(str(e))
         out = out or Path("out") / spec.name
-        from pipelines.remap import SourceMap, SourceMapError
+        from pipelines.read.remap import SourceMap, SourceMapError
 
         try:
             SourceMap.parse(source_map or [], source_root)
@@ -228,7 +228,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                             max_tokens=max_tokens, workers=workers, executor=executor, executor_options=opts_kv,
                             strict=strict, exclude=tuple(str(p) for p in exclude or ()), progress=progress)
         if dry_run:
-            from pipelines.build import dry_run as plan_only
+            from pipelines.build.run import dry_run as plan_only
 
             try:
                 opts.check()
@@ -257,7 +257,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     @app.command("verify")
     def verify_cmd(out: Annotated[Path, typer.Argument(help="A build's output directory.")]) -> None:
         """Re-hash every shard and reconcile the manifest's counts with the shard files."""
-        from pipelines.verify import verify_build
+        from pipelines.shards.verify import verify_build
 
         if not (out / "manifest.duckdb").is_file():
             _fail(f"{out}: no manifest.duckdb there (not a build output directory, or the build did not finish)")

@@ -1,6 +1,6 @@
 """What a build runs: an ordered list of stages, each a datatrove pipeline with a task count.
 
-A stage is data only; `pipelines.executors` turns the list into chained datatrove executors (local, Slurm, Ray),
+A stage is data only; `pipelines.build.executors` turns the list into chained datatrove executors (local, Slurm, Ray),
 each stage depending on the one before. `kind` says which resources a stage gets from `--executor-opt`: the
 per-file stage (many small tasks) and the global stages (few tasks over all documents) are sized separately.
 """

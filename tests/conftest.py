@@ -43,8 +43,9 @@ def build(spec_name_or_path, out: Path, cwd: Path | None = None, **kw) -> Path:
 
     Relative source URIs (the synthetic GSM8K slot `out/synth/gsm8k/*.jsonl`) resolve against `cwd` (default: the
     build's parent folder), so a user's own `out/` in the checkout never leaks into a test."""
-    from pipelines.build import BuildOptions, build_mixture
-    from pipelines.spec import load_spec
+    from pipelines.build.options import BuildOptions
+    from pipelines.build.run import build_mixture
+    from pipelines.build.spec import load_spec
 
     spec = load_spec(str(spec_name_or_path))
     kw.setdefault("source_root", str(HUB))

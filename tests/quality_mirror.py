@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipelines.formats import iter_records
+from pipelines.read.formats import iter_records
 
 # schema of each mirror file that is not plain Dolma-style `text`
 _FORMATS = {

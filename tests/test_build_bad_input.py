@@ -13,7 +13,7 @@ import yaml
 import zstandard
 
 from conftest import ROOT, TOKENIZER, build
-from pipelines.spec import SpecError, load_spec, parse_spec
+from pipelines.build.spec import SpecError, load_spec, parse_spec
 
 
 def good(i: int) -> bytes:

@@ -15,8 +15,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from conftest import HUB, ROOT, TOKENIZER, build
-from pipelines.formats import iter_records
-from pipelines.verify import verify_build
+from pipelines.read.formats import iter_records
+from pipelines.shards.verify import verify_build
 
 
 def q(out: Path, sql: str, params=None):

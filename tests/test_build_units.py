@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from conftest import HUB
-from pipelines.packing import cut_into_rows
-from pipelines.sources import map_uri, resolve_source
-from pipelines.steps import sample_copies
+from pipelines.pack.base import cut_into_rows
+from pipelines.read.sources import map_uri, resolve_source
+from pipelines.steps.sample import sample_copies
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -44,8 +44,10 @@ def test_slurm_executor_pass_through(tmp_path, monkeypatch):
     stages, each depending on the one before, the manifest (one task) last."""
     from datatrove.executor import SlurmPipelineExecutor
 
-    from pipelines.build import BuildOptions, make_executors, prepare
-    from pipelines.spec import load_spec
+    from pipelines.build.options import BuildOptions
+    from pipelines.build.run import make_executors
+    from pipelines.build.context import prepare
+    from pipelines.build.spec import load_spec
 
     monkeypatch.chdir(tmp_path)  # the optional synthetic source (relative URI) is absent here
     opts = BuildOptions(out=str(tmp_path), source_root=str(HUB), executor="slurm",
@@ -63,7 +65,7 @@ def test_local_workers_split_the_cores_for_the_tokenizer(monkeypatch):
     cluster task or a single worker keeps the library default, and a user's own setting wins."""
     import os
 
-    from pipelines.steps import limit_tokenizer_threads, worker_threads
+    from pipelines.steps.tokenize import limit_tokenizer_threads, worker_threads
 
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert worker_threads("local", 2, 10) == 4

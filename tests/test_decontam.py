@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from datatrove.data import Document
 
-from pipelines.decontam import DecontamConfig, DecontamIndex, DecontaminationStep, build_decontam_index
+from pipelines.decontam.ngram import DecontamConfig, DecontamIndex, DecontaminationStep, build_decontam_index
 from quality_mirror import iter_mirror_docs
 
 PLANTED = "allenai/dolmino-mix-1124/data/math/dolmino_math_synth/gsm8k-synth/resample_v1_6x/resample-0000.jsonl"

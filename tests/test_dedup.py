@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from datatrove.data import Document
 
-from pipelines.dedup import DedupConfig, DedupSignatureStep, find_duplicates
+from pipelines.dedup.signatures import DedupConfig, DedupSignatureStep, find_duplicates
 from pipelines.text import fold_exact, fold_words
 from quality_mirror import iter_mirror_docs
 

@@ -57,7 +57,7 @@ def _directive(script: str, name: str) -> str | None:
 def test_slurm_arrays_beyond_max_array_size_and_per_stage_resources(tmp_path, fake_slurm):
     """2,500 per-file tasks with max_array_size 1,000 -> 3 arrays submitted side by side; the global stage waits
     `afterok` on all three (datatrove alone chains them `afterany` and waits on the last one only)."""
-    from pipelines.executors import ExecutorOptions, make_executors, parse_executor_options
+    from pipelines.build.executors import ExecutorOptions, make_executors, parse_executor_options
     from pipelines.stages import Stage
 
     stages = [Stage("read", [_noop], 2500, kind="per-file"), Stage("pack", [_noop], 1, kind="global")]
@@ -163,7 +163,7 @@ def test_ray_build_byte_identical_to_local(tmp_path, ray_env):
 
 
 def test_ray_failing_task_fails_build_naming_file(tmp_path, ray_env):
-    from pipelines.executors import StageFailed
+    from pipelines.build.executors import StageFailed
 
     spec = _small_spec(tmp_path, _corrupt_parquet(tmp_path))
     with pytest.raises(StageFailed, match="broken.parquet"):

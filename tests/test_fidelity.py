@@ -17,9 +17,9 @@ from tokenizers import Tokenizer
 from typer.testing import CliRunner
 
 from conftest import ROOT, TOKENIZER, build
-from pipelines.manifest import connect
-from pipelines.remap import SourceMap, SourceMapError
-from pipelines.spec import MIXTURES_DIR, SpecError, load_spec
+from pipelines.shards.reader import connect
+from pipelines.read.remap import SourceMap, SourceMapError
+from pipelines.build.spec import MIXTURES_DIR, SpecError, load_spec
 
 PY_FILES = {  # blob_id -> file text (non-ASCII included: the blob is UTF-8, gzip-compressed as upstream)
     "a1b2c3": "def add(a, b):\n    \"\"\"Sum of a and b.\"\"\"\n    return a + b\n",
@@ -117,7 +117,7 @@ def test_python_edu_blobs_from_an_s3_store(tmp_path: Path, s3_server: str, monke
     assert len(list(cache.rglob("*"))) - len(list(cache.iterdir())) == len(PY_FILES)  # one cached object per blob
 
     # the content cache serves the next read of the same blobs without the store
-    from pipelines.rowsteps import row_transform
+    from pipelines.read.rowfilters import row_transform
 
     s3.delete_object(Bucket="softwareheritage", Key="content/a1b2c3")
     rows = row_transform(None, src["fetch"], "text", "blob_id")([{"blob_id": "a1b2c3"}])
@@ -136,7 +136,8 @@ def test_python_edu_blobs_through_source_map(tmp_path: Path):
     out = build(spec, tmp_path / "out", source_root=str(tmp_path / "hub"), source_map=source_map)
     check_python_edu_build(out)
     # the dry-run measures a fetch source on fetched text (here every row: the sample covers the whole file)
-    from pipelines.build import BuildOptions, dry_run
+    from pipelines.build.options import BuildOptions
+    from pipelines.build.run import dry_run
 
     (est,) = dry_run(load_spec(str(spec)), BuildOptions(out=str(tmp_path / "dry"), source_root=str(tmp_path / "hub"),
                                                         source_map=source_map)).sources
@@ -146,7 +147,7 @@ def test_python_edu_blobs_through_source_map(tmp_path: Path):
 def test_fetch_retries_transient_errors_then_fails_with_the_blob(tmp_path: Path, monkeypatch):
     import fsspec
 
-    from pipelines.fetch import BlobFetcher, FetchConfig, FetchError
+    from pipelines.read.fetch import BlobFetcher, FetchConfig, FetchError
 
     calls = []
     real = fsspec.core.url_to_fs
@@ -301,7 +302,8 @@ def test_token_targets_rate_needed_and_planned_vs_achieved(tmp_path: Path):
     spec = load_spec(str(mini_spec(tmp_path, sources, tokens="3e3")))
     assert spec.tokens == 3000.0
 
-    from pipelines.build import BuildOptions, dry_run
+    from pipelines.build.options import BuildOptions
+    from pipelines.build.run import dry_run
 
     plan = dry_run(spec, BuildOptions(out=str(tmp_path / "out"), progress=False))
     for est in plan.sources:
@@ -317,7 +319,8 @@ def test_token_targets_rate_needed_and_planned_vs_achieved(tmp_path: Path):
 
 
 def test_dry_run_estimates_a_filtered_source_from_its_kept_rows(tmp_path: Path):
-    from pipelines.build import BuildOptions, dry_run
+    from pipelines.build.options import BuildOptions
+    from pipelines.build.run import dry_run
 
     folder = tmp_path / "tulu"
     folder.mkdir()
@@ -339,7 +342,7 @@ def test_fetch_concurrency_is_bounded(monkeypatch):
 
     import fsspec
 
-    from pipelines.fetch import BlobFetcher, FetchConfig
+    from pipelines.read.fetch import BlobFetcher, FetchConfig
 
     lock, state = threading.Lock(), {"now": 0, "max": 0}
 

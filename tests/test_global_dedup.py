@@ -1,4 +1,4 @@
-"""Global dedup, exclusion and id repair as parallel stages (pipelines/dedup_stages.py) over stage-A intermediates.
+"""Global dedup, exclusion and id repair as parallel stages (pipelines/dedup/global_stages.py) over stage-A intermediates.
 
 The stages only read stage A's `*.docs.parquet` key columns, so most tests write those files directly: each row's
 text_hash / minhash bands / url are chosen so that exactly the planted copies share a key with their original.
@@ -17,11 +17,11 @@ import pytest
 import yaml
 
 from conftest import TOKENIZER, build
-from pipelines import dedup_stages as ds
-from pipelines.decisions import doc_key, read_decisions
-from pipelines.executors import ExecutorOptions, run_stages
-from pipelines.manifest import MANIFEST
-from pipelines.steps import intermediate_paths
+from pipelines.dedup import global_stages as ds
+from pipelines.dedup.decisions import doc_key, read_decisions
+from pipelines.build.executors import ExecutorOptions, run_stages
+from pipelines.shards.format import MANIFEST
+from pipelines.steps.intermediate import intermediate_paths
 
 BANDS = 8
 

@@ -22,10 +22,10 @@ import zstandard
 
 from conftest import ROOT, TOKENIZER, build
 from pipelines.errors import SourceFileError
-from pipelines.formats import iter_records, split_lines
-from pipelines.input_state import stage_a_code_version
-from pipelines.outlock import out_lock
-from pipelines.sources import resolve_source
+from pipelines.read.formats import iter_records, split_lines
+from pipelines.build.inputs import stage_a_code_version
+from pipelines.build.lock import out_lock
+from pipelines.read.sources import resolve_source
 
 
 def write_spec(tmp: Path, sources: list[dict], **extra) -> Path:
@@ -254,7 +254,7 @@ def test_second_build_into_a_locked_out_fails_at_once(tmp_path: Path):
 def test_lock_of_a_killed_build_is_released(tmp_path: Path):
     out = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, sys.argv[1]); from pipelines.outlock import out_lock\n"
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from pipelines.build.lock import out_lock\n"
         "with out_lock(sys.argv[2]):\n    print('locked', flush=True); time.sleep(60)"), str(ROOT), str(out)],
         stdout=subprocess.PIPE, text=True)
     try:

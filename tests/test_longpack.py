@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from conftest import build
-from pipelines.longctx import longqa
-from pipelines.longctx.packing import Piece, fill_short_rows, group_distinct, sample_windows
-from pipelines.manifest import connect
-from pipelines.spec import MIXTURES_DIR
-from pipelines.verify import verify_build
+from pipelines.synth.longqa import generate as longqa
+from pipelines.pack.long import Piece, fill_short_rows, group_distinct, sample_windows
+from pipelines.shards.reader import connect
+from pipelines.build.spec import MIXTURES_DIR
+from pipelines.shards.verify import verify_build
 
 L1, L2, SUB = 4096, 16384, 4096
 
@@ -213,9 +213,9 @@ def test_long_packing_runs_in_bounded_partitions_and_accounts_for_every_document
     """A build larger than one pack partition is packed partition by partition (each sees only its documents'
     lengths): rows stay exact, every document is placed or dropped with a reason, the budget holds, and the
     partition count -- from the data size -- does not change with the worker count."""
-    from pipelines import finalize
+    from pipelines.pack import layout
 
-    monkeypatch.setattr(finalize, "ITEMS_PER_PARTITION", 2_000)  # the mirror's long-64k inputs: several partitions
+    monkeypatch.setattr(layout, "ITEMS_PER_PARTITION", 2_000)  # the mirror's long-64k inputs: several partitions
     budget = 60 * L1
     spec = scaled_spec("long-64k", tmp_path, seq_len=L1, sample=(0.5, 0.1))
     one = build(spec, tmp_path / "w1", workers=1, max_tokens=budget)

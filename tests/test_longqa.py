@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.formats import iter_records
-from pipelines.longctx import longqa
-from pipelines.longctx.longqa import InputSource, LongQAConfig, TeacherConfig
+from pipelines.read.formats import iter_records
+from pipelines.synth.longqa import generate as longqa
+from pipelines.synth.longqa.generate import InputSource, LongQAConfig, TeacherConfig
 
 CONTEXT_RE = re.compile(r"<(?:excerpt|document)>\n(.*)\n</(?:excerpt|document)>", re.S)
 

@@ -1,4 +1,4 @@
-"""Pre-tokenized MDS inputs (pipelines/mds.py, pipelines/read_mds.py): both routes through a real build."""
+"""Pre-tokenized MDS inputs (pipelines/read/mds.py, pipelines/read/mds_source.py): both routes through a real build."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ import pytest
 from tokenizers import Tokenizer
 
 from conftest import SHARED, TOKENIZER, build
-from pipelines.mds import iter_samples, write_mds
-from pipelines.spec import SpecError, load_spec
-from pipelines.verify import verify_build
+from pipelines.read.mds import iter_samples, write_mds
+from pipelines.build.spec import SpecError, load_spec
+from pipelines.shards.verify import verify_build
 
 FOREIGN = SHARED / "tokenizers" / "allenai_dolma2.json"  # another vocabulary, standing in for ProLong's Llama-3
 TEXTS = [
@@ -163,7 +163,7 @@ def test_imported_ids_refuse_text_based_dedup(tmp_path):
 def test_mds_rows_keep_their_order_in_one_file_and_across_pack_partitions(tmp_path, monkeypatch, n_dirs, partitioned):
     """`mds-rows` packs partition by partition on large builds: whole input files per partition, in file order, so
     shard row i is still MDS sample i -- with one input file, and with several partitions."""
-    from pipelines import finalize
+    from pipelines.pack import layout
 
     tok = Tokenizer.from_file(str(TOKENIZER))
     samples = _packed_rows(tok, TEXTS * 2, 0, per_row=2)
@@ -175,8 +175,8 @@ def test_mds_rows_keep_their_order_in_one_file_and_across_pack_partitions(tmp_pa
     spec["packing"] = {"mode": "mds-rows"}
     (tmp_path / "rows.yaml").write_text(json.dumps(spec))
     if partitioned:  # the layout guesses documents from input bytes: one "document" per file, one per partition
-        monkeypatch.setattr(finalize, "file_size", lambda path: finalize.BYTES_PER_DOC_GUESS)
-        monkeypatch.setattr(finalize, "ITEMS_PER_PARTITION", 1)
+        monkeypatch.setattr(layout, "file_size", lambda path: layout.BYTES_PER_DOC_GUESS)
+        monkeypatch.setattr(layout, "ITEMS_PER_PARTITION", 1)
     out = build(tmp_path / "rows.yaml", tmp_path / "out", workers=2)
     if partitioned:
         assert len(list((out / "work").glob("*/stage_b/plan/*.json"))) > 1

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.synth_gsm8k.sandbox import SandboxLimits, SandboxResult, run_program
+from pipelines.synth.gsm8k.sandbox import SandboxLimits, SandboxResult, run_program
 
 LIMITS = SandboxLimits(cpu_seconds=5, wall_seconds=20)
 

@@ -15,8 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.synth_gsm8k.sandbox import (SandboxLimits, SandboxResult, SandboxUnavailable, ensure_available,
-                                           read_bounded, run_isolated)
+from pipelines.synth.gsm8k.sandbox import (
+    SandboxLimits,
+    SandboxResult,
+    SandboxUnavailable,
+    ensure_available,
+    read_bounded,
+    run_isolated,
+)
 
 LIMITS = SandboxLimits(cpu_seconds=5, wall_seconds=30)
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +128,7 @@ def _write_all(fd: int, n: int) -> None:
 
 
 def _isolate_with(unshare_fails: bool, require: bool) -> subprocess.CompletedProcess:
-    code = ("from pipelines.synth_gsm8k import sandbox_child as sandbox\n"
+    code = ("from pipelines.synth.gsm8k import sandbox_child as sandbox\n"
             "def unshare(flags):\n"
             "    if FAILS:\n        raise OSError(1, 'Operation not permitted')\n"
             "    sandbox.libc_unshare(flags)\n"

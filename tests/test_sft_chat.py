@@ -12,8 +12,8 @@ import yaml
 from tokenizers import Tokenizer
 
 from conftest import ROOT, TOKENIZER, build
-from pipelines.spec import SpecError, load_spec
-from pipelines.verify import verify_build
+from pipelines.build.spec import SpecError, load_spec
+from pipelines.shards.verify import verify_build
 
 SMOLTALK = [
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say <|endoftext|> then stop."},

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from conftest import TOKENIZER
 from pipelines.errors import SpecError
-from pipelines.spec import available_specs, load_spec, parse_spec
+from pipelines.build.spec import available_specs, load_spec, parse_spec
 
 RUNNER = CliRunner()
 

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 from typer.testing import CliRunner
 
 from conftest import TOKENIZER, build
-from pipelines.verify import verify_build
+from pipelines.shards.verify import verify_build
 
 N_DOCS = 1500
 
@@ -53,8 +53,10 @@ sources:
 
 
 def plan_of(spec: Path, out: Path) -> list:
-    from pipelines.build import BuildOptions, plan_stages, prepare
-    from pipelines.spec import load_spec
+    from pipelines.build.options import BuildOptions
+    from pipelines.build.run import plan_stages
+    from pipelines.build.context import prepare
+    from pipelines.build.spec import load_spec
 
     return plan_stages(prepare(load_spec(str(spec)), BuildOptions(out=str(out), workers=3, progress=False)))
 
@@ -77,7 +79,7 @@ def one_worker(corpus: Path, tmp_path_factory) -> Path:
 
 
 def test_worker_count_does_not_change_a_byte(one_worker: Path, corpus: Path, tmp_path: Path, monkeypatch):
-    from pipelines import build as build_module
+    from pipelines.build import run as build_module
 
     assert all(s.in_process for s in plan_of(corpus, tmp_path / "plan")[1:])  # a small build: global stages in-process
     monkeypatch.setattr(build_module, "IN_PROCESS_BELOW_BYTES", 0)  # ... here in pools of 3 worker processes
@@ -94,12 +96,14 @@ def test_worker_count_does_not_change_a_byte(one_worker: Path, corpus: Path, tmp
 def test_batch_sizes_do_not_change_a_byte(one_worker: Path, corpus: Path, tmp_path: Path, monkeypatch):
     """Every per-file and writer step works a batch at a time (memory bounded by a batch, never by a file or a
     shard): tiny batches, several per file and per shard, must give the same build."""
-    from pipelines import dedup_stages, finalize, steps
+    from pipelines.dedup import global_stages as dedup_stages
+    from pipelines.pack import items
+    from pipelines.steps import intermediate
     from pipelines.shards import writer
 
-    monkeypatch.setattr(steps, "INTERMEDIATE_ROW_GROUP", 37)  # stage-A rows per parquet row group
+    monkeypatch.setattr(intermediate, "INTERMEDIATE_ROW_GROUP", 37)  # stage-A rows per parquet row group
     monkeypatch.setattr(dedup_stages, "SIGN_RUN_DOCS", 50)  # documents per sorted dedup-sign run
-    monkeypatch.setattr(finalize, "APPLY_BATCH_ROWS", 41)  # rows per batch when decisions are applied
+    monkeypatch.setattr(items, "APPLY_BATCH_ROWS", 41)  # rows per batch when decisions are applied
     monkeypatch.setattr(writer, "CHUNK_TOKENS", 3 * 512)  # 3 rows per writer chunk; shards hold 32 rows
     small = build(corpus, tmp_path / "small", workers=1)
     assert hashes(small) == hashes(one_worker)
@@ -199,7 +203,7 @@ def test_stage_b_failure_leaves_the_previous_build(one_worker: Path, corpus: Pat
 
 
 def test_kill_inside_the_swap_is_restored(one_worker: Path, corpus: Path, tmp_path: Path, monkeypatch):
-    from pipelines import manifest
+    from pipelines.shards import swap as manifest
 
     out = tmp_path / "swap"
     shutil.copytree(one_worker, out)
@@ -221,16 +225,18 @@ def test_kill_inside_the_swap_is_restored(one_worker: Path, corpus: Path, tmp_pa
 
 
 def test_apply_decisions_reads_the_decisions_contract(tmp_path: Path):
-    """The global dedup stages' output format (pipelines.decisions) drives the documents part and the pack items."""
+    """The global dedup stages' output format (pipelines.dedup.decisions) drives the documents part and the pack items."""
     from types import SimpleNamespace
 
     import pyarrow as pa
     import pyarrow.parquet as pq
     from datatrove.data import Document
 
-    from pipelines.decisions import doc_key, write_decisions
-    from pipelines.finalize import ApplyDecisions, StageBLayout
-    from pipelines.steps import FileTask, WriteIntermediate
+    from pipelines.dedup.decisions import doc_key, write_decisions
+    from pipelines.pack.items import ApplyDecisions
+    from pipelines.pack.layout import StageBLayout
+    from pipelines.steps.tasks import FileTask
+    from pipelines.steps.intermediate import WriteIntermediate
 
     work = tmp_path / "work"
     task = FileTask(source="s", path="f.jsonl", display="f.jsonl", fmt="jsonl", text_key="text", id_key="id", sample=2.0)

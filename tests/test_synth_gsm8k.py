@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.synth_gsm8k.binding import Rejected
-from pipelines.synth_gsm8k.decontam import ngrams
-from pipelines.synth_gsm8k.parse import annotate_bare_calculations, check_solution, find_numbers, format_number
-from pipelines.synth_gsm8k.program import abstract
-from pipelines.synth_gsm8k.rewrite import render
-from pipelines.synth_gsm8k.sample import domain
-from pipelines.synth_gsm8k.symbolic import Context, SymbolicConfig, run_symbolic, synthesize_problem
+from pipelines.synth.gsm8k.binding import Rejected
+from pipelines.synth.gsm8k.decontam import ngrams
+from pipelines.synth.gsm8k.parse import annotate_bare_calculations, check_solution, find_numbers, format_number
+from pipelines.synth.gsm8k.program import abstract
+from pipelines.synth.gsm8k.rewrite import render
+from pipelines.synth.gsm8k.sample import domain
+from pipelines.synth.gsm8k.symbolic import Context, SymbolicConfig, run_symbolic, synthesize_problem
 
 N_PROBLEMS = 300  # the first 300 train problems: ~1 s per run; the full set is in bench/synth_gsm8k.py
 
@@ -124,7 +124,7 @@ def test_unresolvable_coincidence_is_tied_not_guessed():
 
 
 def test_sampling_keeps_kind_and_magnitude():
-    from pipelines.synth_gsm8k.binding import Param
+    from pipelines.synth.gsm8k.binding import Param
 
     d = domain(Param("p", Fraction(250), 0, False))
     assert d.unit == 50 and d.lo * d.unit >= 100 and d.hi * d.unit <= 500  # round stays round, [x/2, 2x]

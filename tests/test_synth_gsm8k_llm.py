@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.synth_gsm8k.parse import check_solution
-from pipelines.synth_gsm8k.prompts import STAGE_MARKERS
+from pipelines.synth.gsm8k.parse import check_solution
+from pipelines.synth.gsm8k.prompts import STAGE_MARKERS
 
 # --- fake OpenAI-compatible endpoint -----------------------------------------------------------------------------
 NATALIA = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many "
@@ -82,7 +82,7 @@ def fake_endpoint():
 
 
 def test_llm_mode_against_fake_endpoint(fake_endpoint, tmp_path: Path, shared: Path, tokenizer_path):
-    from pipelines.synth_gsm8k.llm import LLMConfig, run_llm
+    from pipelines.synth.gsm8k.llm import LLMConfig, run_llm
 
     url, state = fake_endpoint
     rows = [json.loads(line) for line in (shared / "gsm8k" / "train.jsonl").read_text().splitlines()[:3]]

@@ -16,10 +16,10 @@ from datatrove.data import Document
 from tokenizers import Tokenizer
 
 from conftest import TOKENIZER, build
-from pipelines.decontam import DecontamConfig, DecontamIndex, build_decontam_index
-from pipelines.dedup import DedupConfig, DedupSignatureStep, find_duplicates
-from pipelines.steps import Tokenize
-from pipelines.synth_gsm8k.decontam import NgramIndex
+from pipelines.decontam.ngram import DecontamConfig, DecontamIndex, build_decontam_index
+from pipelines.dedup.signatures import DedupConfig, DedupSignatureStep, find_duplicates
+from pipelines.steps.tokenize import Tokenize
+from pipelines.synth.gsm8k.decontam import NgramIndex
 from pipelines.text import fold_exact, fold_tokens, fold_words, token_hashes_batch, word_hashes
 
 EOS, PAD, EMAIL = 0, 1, 50277  # ids in the Instella (GPT-NeoX-20B + PII) tokenizer
@@ -151,7 +151,7 @@ def test_build_shards_hold_no_false_document_boundary(tmp_path: Path):
 
 def test_minhash_of_a_text_does_not_depend_on_its_batch():
     """Signatures are computed for a batch of texts at once: no shingle may span two texts, whatever their length."""
-    from pipelines.dedup import MinHasher
+    from pipelines.dedup.signatures import MinHasher
 
     texts = ["one two three", "", "four five six seven eight nine ten", "x=-1", "naïve café — “quoted” " * 30,
              " ".join(f"w{i}" for i in range(5000)), "a b c d e"]

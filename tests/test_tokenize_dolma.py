@@ -9,8 +9,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from conftest import TOKENIZER, build
-from pipelines.spec import SpecError, load_spec
-from pipelines.tokenize_modes import dolma_encode
+from pipelines.build.spec import SpecError, load_spec
+from pipelines.steps.tokenize_modes import dolma_encode
 
 TEXTS = [
     "  Leading and trailing whitespace.  \n\n",

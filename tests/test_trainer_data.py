@@ -14,7 +14,7 @@ def ds(stage2_build):
 
 
 def test_units_cover_every_written_token_once(ds, stage2_build):
-    from pipelines.manifest import connect
+    from pipelines.shards.reader import connect
 
     con = connect(stage2_build)
     written = con.execute("select sum(length) from segments").fetchone()[0]

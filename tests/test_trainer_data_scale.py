@@ -50,7 +50,7 @@ def _units_of(loader: StepLoader, steps: int) -> list[tuple]:
 
 
 def test_manifest_without_segments_table_is_enough(packed):
-    from pipelines.manifest import connect
+    from pipelines.shards.reader import connect
 
     con = connect(packed.path)
     tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}

@@ -32,7 +32,12 @@ from pathlib import Path
 import torch
 
 from trainer import hf_files
-from trainer.checkpoint import EXPORT_WEIGHTS, find_checkpoint, load_model_weights, read_model_config
+from trainer.checkpoint import (
+    EXPORT_WEIGHTS,
+    find_checkpoint,
+    load_model_weights,
+    read_model_config,
+)
 from trainer.config import ModelConfig
 
 FORMATS = ("transformers", "instella")
@@ -286,17 +291,9 @@ def _sha256(path: Path) -> str:
 
 def find_tokenizer(name: str) -> Path | None:
     """A tokenizer.json path, or a name looked up as `<owner>_<name>.json` where builds look for it."""
-    if Path(name).is_file():
-        return Path(name)
-    file_name = name.replace("/", "_") + ("" if name.endswith(".json") else ".json")
-    root = Path(__file__).resolve().parents[1]
-    dirs = [os.environ.get("MIDTRAIN_TOKENIZERS"),
-            os.environ.get("MIDTRAIN_SHARED") and Path(os.environ["MIDTRAIN_SHARED"]) / "tokenizers",
-            root.parent / "shared" / "data" / "tokenizers"]
-    for d in dirs:
-        if d and (Path(d) / file_name).is_file():
-            return Path(d) / file_name
-    return None
+    from pipelines.resources import find_tokenizer as lookup
+
+    return lookup(name)
 
 
 @dataclass(frozen=True)

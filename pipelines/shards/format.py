@@ -142,7 +142,7 @@ SELECT source, sum(n_tokens)::BIGINT AS n_tokens, round(sum(n_pad))::BIGINT AS n
        sum(n_pad) / (sum(n_tokens) + sum(n_pad)) AS pad_fraction
 FROM shard_sources GROUP BY source ORDER BY source
 """,
-    # planned (spec `share:` of the spec's `tokens:`, pipelines/targets.py) vs achieved share of every source
+    # planned (spec `share:` of the spec's `tokens:`, pipelines/build/targets.py) vs achieved share of every source
     "share_plan": """
 CREATE VIEW share_plan AS
 SELECT src.source, src.planned_share, c.share AS achieved_share,

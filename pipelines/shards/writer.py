@@ -22,13 +22,22 @@ import pyarrow.parquet as pq
 from datatrove.pipeline.base import PipelineStep
 
 from pipelines import _logging  # noqa: F401  (quiet datatrove console in every worker)
-from pipelines.finalize import StageBLayout, pread_into, write_parquet
-from pipelines.packing import PLAN_SCHEMA, plan_rows
-from pipelines.shards.format import INDEX_SCHEMA, TABLES, index_name, mask_name, shard_name, shard_path, token_dtype
-from pipelines.steps import intermediate_paths
+from pipelines.io import pread_into, write_parquet
+from pipelines.pack.layout import StageBLayout
+from pipelines.pack.plan import PLAN_SCHEMA, plan_rows
+from pipelines.shards.format import (
+    INDEX_SCHEMA,
+    TABLES,
+    index_name,
+    mask_name,
+    shard_name,
+    shard_path,
+    token_dtype,
+)
+from pipelines.steps.intermediate import intermediate_paths
 
 if TYPE_CHECKING:
-    from pipelines.build import BuildContext
+    from pipelines.build.context import BuildContext
 
 CHUNK_TOKENS = 1 << 22  # tokens a writer fills at once (8 MB of uint16): its memory, whatever the shard size
 INDEX_BATCH_ROWS = 1 << 16  # segments per record batch of an .idx.arrow file (fixed: bytes never depend on chunks)

@@ -1,0 +1,124 @@
+"""`verify OUT`: re-hash every shard and reconcile the manifest's counts with the files on disk.
+
+Shards are checked in blocks by a process pool (sha256, dtype and shape of the .npy, rows and tokens of the
+.idx.arrow against the manifest's per-shard counts), each worker holding one shard's index at a time; the
+document-level reconciliation runs as DuckDB queries (out of core).
+"""
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.shards.format import index_path_of, mask_path_of, sha256_file
+from pipelines.shards.reader import connect
+from pipelines.shards.swap import recover_interrupted_swap
+
+SHARDS_PER_BLOCK = 16
+
+
+def check_shard(out: Path, shard: dict, seq_len: int, dtype: str, n_segments: int, seg_tokens: int,
+                has_mask: bool) -> list[str]:
+    """Problems of one shard, each naming it."""
+    path = shard["path"]
+    f = out / path
+    if not f.exists():
+        return [f"{path}: missing"]
+    problems = []
+    if sha256_file(f) != shard["sha256"]:
+        problems.append(f"{path}: sha256 differs from the manifest")
+    try:
+        arr = np.load(f, mmap_mode="r")
+    except ValueError as e:  # truncated or not an .npy
+        return problems + [f"{path}: unreadable ({e})"]
+    if arr.shape != (shard["n_rows"], seq_len):
+        problems.append(f"{path}: shape {arr.shape}, manifest says ({shard['n_rows']}, {seq_len})")
+    if arr.dtype != np.dtype(dtype):
+        problems.append(f"{path}: dtype {arr.dtype}, manifest says {dtype}")
+    if arr.size != shard["n_tokens"]:
+        problems.append(f"{path}: {arr.size} tokens, manifest says {shard['n_tokens']}")
+    if has_mask and not (out / mask_path_of(path)).exists():
+        problems.append(f"{path}: loss mask {mask_path_of(path)} missing")
+    idx_path = out / index_path_of(path)
+    try:
+        idx = pa.ipc.open_file(str(idx_path)).read_all()
+    except (OSError, pa.ArrowInvalid) as e:
+        return problems + [f"{path}: index {index_path_of(path)} unreadable ({e})"]
+    if idx.num_rows != n_segments:
+        problems.append(f"{path}: index has {idx.num_rows} segments, manifest {n_segments}")
+    covered = int(pa.compute.sum(idx["length"]).as_py() or 0)
+    if covered != seg_tokens or shard["n_tokens"] - shard["n_pad"] != seg_tokens:
+        problems.append(f"{path}: index covers {covered} tokens, manifest segments {seg_tokens}, "
+                        f"n_tokens - n_pad = {shard['n_tokens'] - shard['n_pad']}")
+    return problems
+
+
+def _check_block(args) -> list[str]:
+    out, block, seq_len, dtype, has_mask = args
+    problems = []
+    for shard, n_seg, seg_tok in block:
+        problems += check_shard(out, shard, seq_len, dtype, n_seg, seg_tok, has_mask)
+    return problems
+
+
+def verify_build(out: str | Path, workers: int | None = None) -> list[str]:
+    """Return a list of problems (empty when the build is consistent)."""
+    out = Path(out)
+    recover_interrupted_swap(out)
+    con = connect(out)
+    problems: list[str] = []
+    seq_len, dtype, has_mask = con.execute("SELECT seq_len, dtype, has_loss_mask FROM build").fetchone()
+    rows = con.execute("""
+        SELECT s.path, s.n_rows, s.n_tokens, s.n_pad, s.sha256, coalesce(g.n, 0), coalesce(g.tokens, 0)
+        FROM shards s LEFT JOIN (SELECT shard, count(*) AS n, sum(length)::BIGINT AS tokens FROM segments
+                                 GROUP BY shard) g ON g.shard = s.path
+        ORDER BY s.path""").fetchall()
+    shards = [({"path": p, "n_rows": r, "n_tokens": t, "n_pad": pad, "sha256": sha}, n, tok)
+              for p, r, t, pad, sha, n, tok in rows]
+    blocks = [(out, shards[i:i + SHARDS_PER_BLOCK], seq_len, dtype, bool(has_mask))
+              for i in range(0, len(shards), SHARDS_PER_BLOCK)]
+    workers = workers or min(len(blocks), os.cpu_count() or 1)
+    if workers <= 1 or len(blocks) <= 1:
+        for b in blocks:
+            problems += _check_block(b)
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            for found in pool.map(_check_block, blocks):
+                problems += found
+
+    n_docs, n_kept, n_dropped = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE status='kept'), count(*) FILTER (WHERE status='dropped') FROM documents"
+    ).fetchone()
+    if n_docs != n_kept + n_dropped:
+        problems.append(f"documents: {n_docs} read != {n_kept} kept + {n_dropped} dropped")
+    total_tokens, total_pad = con.execute(
+        "SELECT coalesce(sum(n_tokens), 0), coalesce(sum(n_pad), 0) FROM shards").fetchone()
+    seg_tokens, = con.execute("SELECT coalesce(sum(length), 0) FROM segments").fetchone()
+    if total_tokens - total_pad != seg_tokens:
+        problems.append(f"shard tokens {total_tokens} - padding {total_pad} != Σ segments.length {seg_tokens}")
+    # whole-document packers place every token of every copy; window packers (long context) record doc_start
+    whole, = con.execute(
+        "SELECT coalesce(sum(n_tokens * n_copies), 0) FROM documents WHERE status = 'kept'").fetchone()
+    packing, = con.execute("SELECT packing FROM build").fetchone()
+    if json.loads(packing or "{}").get("mode", "concat") == "concat" and whole != seg_tokens:
+        problems.append(f"Σ kept n_tokens × n_copies {whole} != Σ segments.length {seg_tokens}")
+    bad, = con.execute(
+        f"SELECT count(*) FROM segments WHERE start < 0 OR length <= 0 OR start + length > {seq_len}").fetchone()
+    if bad:
+        problems.append(f"{bad} segments fall outside their row")
+    overlap, = con.execute("""
+        SELECT count(*) FROM (
+            SELECT start, length, lag(start + length) OVER (PARTITION BY shard, row ORDER BY start) AS prev_end
+            FROM segments) WHERE prev_end > start""").fetchone()
+    if overlap:
+        problems.append(f"{overlap} segments overlap another in the same row")
+    orphans, = con.execute(
+        "SELECT count(*) FROM segments s ANTI JOIN documents d ON s.doc_id = d.doc_id AND d.status = 'kept'").fetchone()
+    if orphans:
+        problems.append(f"{orphans} segments belong to no kept document")
+    con.close()
+    return problems
