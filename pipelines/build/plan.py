@@ -142,7 +142,7 @@ def estimate_source(name: str, files: list[str], fmt: str, text_key: str, sample
     if not files:
         est.note = "no files"
         return est
-    if fmt in ("mds", "chat"):  # read by pipelines/read/registry.py, not sampled here
+    if fmt in ("mds", "chat", "preference"):  # read by pipelines/read/registry.py, not sampled here
         est.note = f"no estimate for format {fmt}"
         return est
     tok_total = rec_total = byte_total = 0

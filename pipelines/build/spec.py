@@ -110,6 +110,14 @@ class MixtureSpec:
         mode = self.packing.get("mode", "concat")
         if mode not in MODES:
             raise SpecError(f"{self.path}: field 'packing': unknown packing mode {mode!r}; available: {sorted(MODES)}")
+        preference = [s.name for s in self.sources if s.format == "preference"]
+        if (mode == "preference") != bool(preference) or (preference and len(preference) != len(self.sources)):
+            raise SpecError(f"{self.path}: field 'packing': mode 'preference' (chosen/rejected row pairs) and sources "
+                            "of format 'preference' go together: every source of a preference build is a preference "
+                            "source, and such sources need `packing: {mode: preference, loss_mask: true}`")
+        if mode == "preference" and not self.packing.get("loss_mask"):
+            raise SpecError(f"{self.path}: field 'packing.loss_mask' must be true with mode 'preference' (the DPO "
+                            "loss reads only the final assistant turn)")
         spec_dir = Path(self.path).parent if self.path else Path.cwd()
         for key in ("dedup", "decontaminate"):
             if getattr(self, key) is None:
@@ -209,7 +217,20 @@ def _check_source(where: str, s: dict[str, Any]) -> SourceSpec:
     for key in ("text_key", "id_key"):
         if key in s and not s[key]:
             raise SpecError(f"{where}: field '{key}' must not be empty")
+    if s.get("optional") and planned_share(s) is not None:
+        raise SpecError(f"{where}: a source with a planned share ({planned_share(s):g}) cannot be 'optional': its "
+                        "missing files would silently shrink the mix; drop 'optional' (missing files are then an "
+                        "error) or the share")
     return SourceSpec(**{**s, "sample": float(sample)})
+
+
+def planned_share(source: dict[str, Any] | SourceSpec) -> float | None:
+    """A source's planned share of the mix: spec `share:`, or a packer's `options.share` (long-context specs)."""
+    get = source.get if isinstance(source, dict) else lambda k, d=None: getattr(source, k, d)
+    share = get("share")
+    if share is None:
+        share = (get("options") or {}).get("share")
+    return None if share is None else float(share)
 
 
 def parse_spec(raw: Any, path: str = "<spec>") -> MixtureSpec:
