@@ -17,7 +17,7 @@ import torch
 WORDS = ("apple river stone cloud market violin summer engine garden window paper silver orange tiger pencil "
          "candle forest bridge rocket ocean").split()
 SUFFIX = "I hope this helps!"
-N_PAIRS = 160
+N_PAIRS = 96
 
 
 def _answer(rng: random.Random) -> str:
@@ -51,7 +51,7 @@ def dpo_build(tmp_path_factory) -> tuple[Path, list[dict]]:
     tmp = tmp_path_factory.mktemp("dpo")
     rows = write_preference_set(tmp / "prefs" / "train-00000.parquet")
     raw = yaml.safe_load((MIXTURES_DIR / "dpo.yaml").read_text())
-    raw["seq_len"] = 128
+    raw["seq_len"] = 64
     raw["sources"][0]["uri"] = str(tmp / "prefs" / "*.parquet")
     (tmp / "dpo.yaml").write_text(yaml.safe_dump(raw))
     return build(tmp / "dpo.yaml", tmp / "build"), rows
@@ -75,7 +75,7 @@ def test_preference_build_writes_pairs_with_final_turn_masks(dpo_build, tokenize
         segs = con.execute("SELECT row, doc_id, doc_start FROM segments WHERE shard = ? ORDER BY row",
                            [path]).fetchall()
         for (row_c, id_c, start_c), (row_r, id_r, start_r) in zip(segs[0::2], segs[1::2]):
-            assert (row_r, id_r, start_c, start_r) == (row_c + 1, id_c, 0, 128)  # rows 2k, 2k+1 of one pair
+            assert (row_r, id_r, start_c, start_r) == (row_c + 1, id_c, 0, 64)  # rows 2k, 2k+1 of one pair
             pair = by_id[id_c]
             for row, side in ((row_c, "chosen"), (row_r, "rejected")):
                 final = pair[side][-1]["content"]
@@ -98,13 +98,13 @@ def test_dpo_learns_the_preferred_suffix_and_the_export_answers(dpo_build, token
     out, rows = dpo_build
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    cfg = ModelConfig(n_layers=2, d_model=64, n_heads=4, ffn_dim=176, seq_len=128)
+    cfg = ModelConfig(n_layers=2, d_model=64, n_heads=4, ffn_dim=176, seq_len=64)
     sft = export_safetensors(tmp_path / "sft", Transformer(cfg).state_dict(), {"model": cfg.__dict__})
     run = tmp_path / "dpo"
     # Instella's recipe (dpo_norm, β 5, linear schedule with 10% warmup, no weight decay) at a tiny model's scale:
     # a larger LR, 8 pairs per step, 3 passes
-    train(TrainConfig(data=str(out), out=str(run), recipe="instella-dpo", init_from=str(sft), seq_len=128,
-                      lr=3e-3, batch_tokens=8 * 2 * 128, epochs=3, progress=False, plot=False))
+    train(TrainConfig(data=str(out), out=str(run), recipe="instella-dpo", init_from=str(sft), seq_len=64,
+                      lr=3e-3, batch_tokens=8 * 2 * 64, epochs=3, progress=False, plot=False))
     metrics = read_metrics(run)
     assert len(metrics) == 3 * len(rows) // 8
     resolved = json.loads((run / "train_config.json").read_text())["resolved"]
