@@ -62,11 +62,14 @@ class MixtureSpec:
     decontaminate: dict[str, Any] | None = None
     tokens: float | None = None  # target tokens of the stage (e.g. 58e9), with per-source `share:`
     tokenization: str = "default"  # "dolma": dolma-tokens-compatible text handling (pipelines/steps/tokenize_modes.py)
+    variant_of: str | None = None  # the spec this one improves on (stage2-clean: stage2); --dry-run prints both
     path: str = ""  # where the spec was loaded from (not part of the hash)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("path")
+        if d["variant_of"] is None:  # absent: the hash of every spec without the key stays what it was
+            d.pop("variant_of")
         return d
 
     @property
@@ -163,7 +166,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "sources": (list,), "description": (str,), "eos_id": (int,), "pad_id": (int,), "rope_theta": (int, float),
     "seed": (int,), "shard_tokens": (int,), "dedup": (dict,), "decontaminate": (dict,),
     "share": (int, float), "fetch": (dict,), "filter": (dict,), "tokens": (int, float, str),
-    "tokenization": (str,),
+    "tokenization": (str,), "variant_of": (str,),
 }
 
 
@@ -182,7 +185,7 @@ def _validate_mapping(where: str, raw: Any, cls) -> dict[str, Any]:
         raise SpecError(f"{where}: missing required field(s) {missing}")
     for key, value in raw.items():
         if value is None and key in ("dedup", "decontaminate", "eos_id", "pad_id", "share", "fetch", "filter",
-                                     "tokens") + (("packing",) if cls is SourceSpec else ()):
+                                     "tokens", "variant_of") + (("packing",) if cls is SourceSpec else ()):
             continue
         _check_type(where, key, value, _TYPES[key])
     return dict(raw)
@@ -274,6 +277,15 @@ def parse_spec(raw: Any, path: str = "<spec>") -> MixtureSpec:
 
 def available_specs() -> list[str]:
     return sorted(p.stem for p in MIXTURES_DIR.glob("*.yaml"))
+
+
+def related_specs(spec: MixtureSpec) -> list[str]:
+    """The shipped specs `spec` is a variant of, or that are variants of it (`variant_of:`), for --dry-run."""
+    names = [spec.variant_of] if spec.variant_of else []
+    for name in available_specs():
+        if name != spec.name and name not in names and load_spec(name).variant_of == spec.name:
+            names.append(name)
+    return names
 
 
 def load_spec(name_or_path: str) -> MixtureSpec:
