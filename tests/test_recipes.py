@@ -150,7 +150,7 @@ CFG = ModelConfig(n_layers=2, d_model=32, n_heads=4, ffn_dim=64, seq_len=64, voc
 
 def _dense_causal_loss(model, ids: torch.Tensor) -> torch.Tensor:
     """Plain causal LM over the whole row written with torch's SDPA(is_causal=True): no cu_seqlens, no masking."""
-    from kernels.rope import apply_rope, rope_cos_sin
+    from midtrain.kernels.rope import apply_rope, rope_cos_sin
 
     T, d, H = len(ids), CFG.d_model, CFG.n_heads
     cos, sin = rope_cos_sin(torch.arange(T), CFG.head_dim, CFG.rope_theta, dtype=torch.float64)
