@@ -103,7 +103,7 @@ def test_missing_files_of_a_planned_share_stop_dry_run_and_build(tmp_path, args)
                     {"name": "gone", "uri": str(data / "missing-*.jsonl"), "share": 0.5}]}))
     res = _cli("build-mixture", str(spec), "--out", str(tmp_path / "out"), "--no-progress", *args)
     assert res.exit_code == 2, res.output
-    assert "source 'gone' carries a planned share (0.5) but matches no files" in res.stderr
+    assert "source 'gone' carries a planned share (0.5) but matches no files" in res.output
     assert not (tmp_path / "out" / "manifest.duckdb").exists()
 
 
