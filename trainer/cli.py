@@ -308,7 +308,8 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     def recipes_cmd() -> None:
         """List the training recipes: tokens per optimizer step and total tokens of each (Instella's numbers)."""
         for r in RECIPES.values():
-            typer.echo(f"{r.describe()}\n    {r.about}; lr {r.lr:g} {r.schedule}, warmup {r.warmup} from "
+            warmup = f"int({r.warmup_ratio:g} x steps)" if r.warmup_ratio is not None else str(r.warmup)
+            typer.echo(f"{r.describe()}\n    {r.about}; lr {r.lr:g} {r.schedule}, warmup {warmup} from "
                        f"{r.warmup_start:g} x peak" + ("; keeps the --init-from optimizer" if r.keep_optimizer else ""))
 
     @app.command("merge")
