@@ -193,6 +193,8 @@ def train_dpo(cfg, env, settings, mcfg) -> dict:
 
     if not cfg.init_from:
         raise ValueError("DPO needs --init-from (the SFT model: the policy's start and the frozen reference)")
+    if settings.sp != 1:
+        raise ValueError("DPO runs without sequence parallelism (2,048-token pairs): pass --sp 1")
     if not is_preference_build(cfg.data):
         raise ValueError(f"{cfg.data} is not a preference build (packing mode {PREFERENCE_MODE!r}, e.g. "
                          "`build-mixture dpo`)")
