@@ -108,3 +108,16 @@ def test_hf_linear_schedule_matches_transformers():
         assert ours(step) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-20), step
         opt.step()
         hf.step()
+
+
+def test_dpo_on_a_build_that_is_not_pairs_exits_2(stage2_build, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    base = ["train", "--data", str(stage2_build), "--out", str(tmp_path / "r"), "--recipe", "instella-dpo",
+            "--seq-len", "4096", "--batch-tokens", str(2 * 4096)]
+    res = CliRunner().invoke(app, base)
+    assert res.exit_code == 2 and "DPO needs --init-from" in res.stderr, res.output
+    res = CliRunner().invoke(app, base + ["--init-from", str(tmp_path / "nowhere")])
+    assert res.exit_code == 2, res.output

@@ -184,13 +184,8 @@ def dpo_step(step: int, policy, reference, optimizer, schedule, loader: PairLoad
             "pairs": loader.pairs_per_step, "step_s": dt}
 
 
-def train_dpo(cfg, env, settings, mcfg) -> dict:
-    """The DPO run: policy and frozen reference from --init-from, pairs from a preference build."""
-    from trainer import checkpoint as ckpt
-    from trainer.metrics import MetricsLog, plot_loss
-    from trainer.optim import build_optimizer
-    from trainer.train import _progress, build_model
-
+def check_dpo_run(cfg, settings) -> None:
+    """ValueError (one line) for a DPO run that cannot work; `cli.py train` calls it before launching anything."""
     if not cfg.init_from:
         raise ValueError("DPO needs --init-from (the SFT model: the policy's start and the frozen reference)")
     if settings.sp != 1:
@@ -198,6 +193,16 @@ def train_dpo(cfg, env, settings, mcfg) -> dict:
     if not is_preference_build(cfg.data):
         raise ValueError(f"{cfg.data} is not a preference build (packing mode {PREFERENCE_MODE!r}, e.g. "
                          "`build-mixture dpo`)")
+
+
+def train_dpo(cfg, env, settings, mcfg) -> dict:
+    """The DPO run: policy and frozen reference from --init-from, pairs from a preference build."""
+    from trainer import checkpoint as ckpt
+    from trainer.metrics import MetricsLog, plot_loss
+    from trainer.optim import build_optimizer
+    from trainer.train import _progress, build_model
+
+    check_dpo_run(cfg, settings)
     run = Path(cfg.out)
     if env.is_main:
         run.mkdir(parents=True, exist_ok=True)

@@ -96,6 +96,10 @@ def resolve_run(cfg: TrainConfig, world: int) -> tuple[RunSettings, ModelConfig]
                                 source)
     if settings.keep_optimizer:  # fail before any process starts, not after the model is built
         carry.check_compatible(carry.optimizer_checkpoint(cfg.init_from), settings.decay_norm)
+    if settings.objective == "dpo":
+        from trainer.dpo import check_dpo_run
+
+        check_dpo_run(cfg, settings)
     return settings, resolve_model_config(base, settings)
 
 
