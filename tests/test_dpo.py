@@ -119,5 +119,10 @@ def test_dpo_on_a_build_that_is_not_pairs_exits_2(stage2_build, tmp_path):
             "--seq-len", "4096", "--batch-tokens", str(2 * 4096)]
     res = CliRunner().invoke(app, base)
     assert res.exit_code == 2 and "DPO needs --init-from" in res.stderr, res.output
-    res = CliRunner().invoke(app, base + ["--init-from", str(tmp_path / "nowhere")])
-    assert res.exit_code == 2, res.output
+    from trainer.checkpoint import export_safetensors
+    from trainer.model import Transformer
+
+    tiny = get_preset("tiny").model
+    export_safetensors(tmp_path / "sft", Transformer(tiny).state_dict(), {"model": tiny.__dict__})
+    res = CliRunner().invoke(app, base + ["--init-from", str(tmp_path / "sft")])
+    assert res.exit_code == 2 and "is not a preference build" in res.stderr, res.output
