@@ -163,6 +163,7 @@ def dry_run(spec: MixtureSpec, opts: BuildOptions):
     """The plan of a build (sources, estimated tokens, stages and their needs) without running or writing anything."""
     from pipelines.build.plan import plan_build
 
+    opts.check()
     ctx = prepare(spec, opts)
     return plan_build(ctx, plan_stages(ctx))
 

@@ -6,11 +6,12 @@ and nothing here is undocumented).
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
+from pipelines.io import sha256_file  # noqa: F401  (re-exported: the hash the manifest records)
 
 MANIFEST = "manifest.duckdb"
 SHARDS_DIR = "shards"
@@ -46,14 +47,6 @@ def index_path_of(shard: str | Path) -> Path:
 
 def mask_path_of(shard: str | Path) -> Path:
     return Path(str(shard).removesuffix(".npy") + ".mask.npy")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # Per-shard index (`shard-NNNNN.idx.arrow`, Arrow IPC file): one row per segment, sorted by (row, start).
