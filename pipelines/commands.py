@@ -102,6 +102,34 @@ def print_plan(plan, out: Path) -> None:
     console.print(f"shards: ~{_size(plan.est_tokens * plan.token_bytes)} ({plan.token_bytes}-byte tokens)")
 
 
+def print_variants(spec, plan, opts, out: Path) -> None:
+    """`--dry-run`: a faithful spec beside its improved variants (`variant_of:`), source by source; with a finished
+    build of each (OUT, and out/<other name>) also the tokens each wrote, where dedup / decontamination removals
+    show."""
+    import dataclasses
+
+    from pipelines.build.plan import compare_variants, measured_tokens
+    from pipelines.build.run import dry_run as plan_only
+    from pipelines.build.spec import load_spec, related_specs
+
+    for name in related_specs(spec):
+        other = load_spec(name)
+        other_out = Path("out") / other.name
+        other_plan = plan_only(other, dataclasses.replace(opts, out=str(other_out)))
+        faithful_first = other.name == spec.variant_of
+        (a, pa, oa), (b, pb, ob) = ((other, other_plan, other_out), (spec, plan, out)) if faithful_first else \
+            ((spec, plan, out), (other, other_plan, other_out))
+        t = Table(title=f"{a.name} (faithful) vs {b.name} (variant): tokens")
+        for col in ("source / setting", a.name, b.name, f"{b.name} - {a.name}"):
+            t.add_column(col, justify="left" if col == "source / setting" else "right")
+        for row in compare_variants(a, pa, b, pb, measured_tokens(oa), measured_tokens(ob)):
+            t.add_row(row.what, row.a, row.b, row.diff)
+        console.print(t)
+        if measured_tokens(oa) is None or measured_tokens(ob) is None:
+            console.print(f"dedup / decontamination removals show in built tokens only: build both ({oa}, {ob}) "
+                          "and rerun --dry-run, or compare their manifests' `documents.reason`")
+
+
 def print_input_changes(out: Path) -> None:
     """Say which inputs changed since the previous build into the same OUT (their documents were read again)."""
     from pipelines.build.inputs import read_input_changes
@@ -217,7 +245,9 @@ def build_cmd(
                                  max_tokens=max_tokens, workers=workers, executor=executor, strict=strict,
                                  progress=progress)
     if dry_run:
-        print_plan(plan_only(spec, opts), out)
+        plan = plan_only(spec, opts)
+        print_plan(plan, out)
+        print_variants(spec, plan, opts, out)
         return
     build_or_explain_full_disk(spec, opts)
     if executor in ("local", "ray"):  # both block until the build is done

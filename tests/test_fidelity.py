@@ -16,7 +16,7 @@ import yaml
 from tokenizers import Tokenizer
 from typer.testing import CliRunner
 
-from conftest import ROOT, TOKENIZER, build
+from conftest import TOKENIZER, build
 from pipelines.shards.reader import connect
 from pipelines.read.remap import SourceMap, SourceMapError
 from pipelines.build.spec import MIXTURES_DIR, SpecError, load_spec

@@ -346,9 +346,16 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                                                        "checkpoint dir (with several seeds: the soup dir). "
                                                        "Checkpoints are trusted input.")] = None,
         resume_step: Annotated[Optional[int], typer.Option(help="Resume from the checkpoint of this step.")] = None,
-        init_from: Annotated[Optional[str], typer.Option(help="Start from these weights with a fresh optimizer: "
-                                                         "a run, checkpoint or merged dir, or hf:DIR (a Hugging "
-                                                         "Face checkpoint).")] = None,
+        init_from: Annotated[Optional[str], typer.Option(help="Start from these weights (fresh optimizer unless "
+                                                         "--keep-optimizer): a run, checkpoint or merged dir, or "
+                                                         "hf:DIR (a Hugging Face checkpoint). The checkpoint's "
+                                                         "architecture is kept (--preset must fit it).")] = None,
+        keep_optimizer: Annotated[Optional[bool], typer.Option(
+            "--keep-optimizer/--no-keep-optimizer", help="With --init-from RUN: also restore that checkpoint's "
+            "AdamW moments, with the step counter and schedule reset (Instella's stage 2, long phase 2 and long SFT; "
+            "the default of those recipes). Needs a run or step-N checkpoint of ours.")] = None,
+        warmup_start: Annotated[Optional[float], typer.Option(help="Warmup starts at this fraction of the peak LR "
+                                                              "(default: the recipe's, Instella 0.1; else 0).")] = None,
         peak_tflops: Annotated[Optional[float], typer.Option(help="Peak TFLOP/s per device for MFU (default: "
                                                              "from the GPU name; none on CPU).")] = None,
         log_every: Annotated[int, typer.Option(help="Write metrics.jsonl every N steps.")] = 1,
@@ -401,7 +408,8 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                 final_lr_ratio=final_lr_ratio, wsd_decay=wsd_decay, weight_decay=weight_decay, grad_clip=grad_clip,
                 dtype=dtype, compile=compile, act_ckpt=act_ckpt, replicate=replicate, attn_backend=attn_backend,
                 save_every=save_every, resume=str(resume) if resume else None, resume_step=resume_step,
-                init_from=init_from, peak_tflops=peak_tflops, log_every=log_every, progress=progress,
+                init_from=init_from, keep_optimizer=keep_optimizer, warmup_start=warmup_start,
+                peak_tflops=peak_tflops, log_every=log_every, progress=progress,
                 verify_data=verify_data, allow_data_change=allow_data_change,
                 eval_every=eval_every, eval_tasks=eval_tasks, eval_limit=eval_limit, eval_max_tokens=eval_max_tokens,
                 extra={"sp": sp} if sp else {})
@@ -411,6 +419,14 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         except (ValueError, FileNotFoundError) as e:
             fail(str(e))
         raise typer.Exit(train_seeds(cfg, run_seeds, nproc))
+
+    @app.command("recipes")
+    def recipes_cmd() -> None:
+        """List the training recipes: tokens per optimizer step and total tokens of each (Instella's numbers)."""
+        for r in RECIPES.values():
+            warmup = f"int({r.warmup_ratio:g} x steps)" if r.warmup_ratio is not None else str(r.warmup)
+            typer.echo(f"{r.describe()}\n    {r.about}; lr {r.lr:g} {r.schedule}, warmup {warmup} from "
+                       f"{r.warmup_start:g} x peak" + ("; keeps the --init-from optimizer" if r.keep_optimizer else ""))
 
     @app.command("merge")
     def merge_cmd(

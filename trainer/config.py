@@ -56,7 +56,9 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # Instella-3B: 36 layers, d 2560, 32 heads, FFN 6912, 4K context; stage-1 cosine peak 4e-4, warmup 2000
-    "instella-3b": Preset(ModelConfig(n_layers=36, d_model=2560, n_heads=32, ffn_dim=6912, seq_len=4096), 4e-4, 2000),
+    # RMSNorm eps 1e-5 as Instella (hf_instella/configuration_instella.py `rms_norm_eps`, OLMo LayerNorm eps)
+    "instella-3b": Preset(ModelConfig(n_layers=36, d_model=2560, n_heads=32, ffn_dim=6912, seq_len=4096,
+                                      norm_eps=1e-5), 4e-4, 2000),
     # ~1.2B-parameter sibling for single-GPU experiments
     "instella-1b": Preset(ModelConfig(n_layers=16, d_model=2048, n_heads=16, ffn_dim=5504, seq_len=4096), 4e-4, 2000),
     # CPU-sized presets for the benchmark, the demo and the tests
@@ -107,6 +109,7 @@ class TrainConfig:
     lr: float | None = None  # peak; default from the recipe, else the preset
     schedule: str | None = None  # default "cosine"
     warmup: int | None = None  # default: the recipe's, else the preset's capped at steps // 10
+    warmup_start: float | None = None  # warmup starts at this x peak; default: the recipe's (Instella 0.1), else 0
     final_lr_ratio: float | None = None  # lr at the last step = final_lr_ratio * peak (default 0.1)
     wsd_decay: float = 0.2  # WSD: fraction of steps spent decaying
     beta1: float | None = None
@@ -124,7 +127,8 @@ class TrainConfig:
     save_every: int = 0  # 0: only at the end
     resume: str | None = None  # run dir or checkpoint dir
     resume_step: int | None = None  # default: the latest checkpoint in `resume`
-    init_from: str | None = None  # weights only, fresh optimizer: run/checkpoint/merged dir, or "hf:DIR"
+    init_from: str | None = None  # weights (fresh optimizer unless keep_optimizer): run/checkpoint/merged dir, "hf:DIR"
+    keep_optimizer: bool | None = None  # with init_from: also its AdamW moments, step counter reset (Instella stage 2)
     export: bool = True  # write model.safetensors + config.json at the end
     # data integrity (issue 20)
     verify_data: bool = False  # re-hash every shard file against the manifest before training

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from trainer import carry
 from trainer import checkpoint as ckpt
 from trainer import integrity
 from trainer import parallel
@@ -32,10 +33,10 @@ HF_PREFIX = "hf:"  # --init-from hf:DIR reads a Hugging Face checkpoint through 
 
 
 def base_model_config(cfg: TrainConfig) -> tuple[ModelConfig, str]:
-    """The model before this run's settings: the preset, else the --init-from model's config; and where it came
-    from."""
-    name = effective_preset(cfg)
-    if name:
+    """The model before this run's settings: the --init-from checkpoint's own config (its architecture wins over
+    --preset, which must merely fit it), else the preset; and where it came from."""
+    if not cfg.init_from:
+        name = effective_preset(cfg)
         return get_preset(name).model, f"preset {name}"
     if cfg.init_from.startswith(HF_PREFIX):
         hf = _hf_module()
@@ -66,8 +67,10 @@ def _hf_module():
     return hf
 
 
-def build_model(mcfg: ModelConfig, cfg: TrainConfig, env: parallel.DistEnv, dtype: str | None = None) -> Transformer:
-    """Full init on CPU (same weights for any world size), meta-device init + sharded materialisation on GPU."""
+def build_model(mcfg: ModelConfig, cfg: TrainConfig, env: parallel.DistEnv, dtype: str | None = None,
+                init_weights: bool = True) -> Transformer:
+    """Full init on CPU (same weights for any world size), meta-device init + sharded materialisation on GPU;
+    then the --init-from weights unless `init_weights` is False (--keep-optimizer loads them with the moments)."""
     torch.manual_seed(cfg.seed)
     if env.device.type == "cuda":
         with torch.device("meta"):
@@ -84,7 +87,7 @@ def build_model(mcfg: ModelConfig, cfg: TrainConfig, env: parallel.DistEnv, dtyp
         model.to_empty(device=env.device)
         torch.manual_seed(cfg.seed)
         model.init_weights()
-    if cfg.init_from:
+    if cfg.init_from and init_weights:
         ckpt.load_full_weights(model, load_init_weights(cfg.init_from, mcfg))
     return model
 
@@ -98,6 +101,12 @@ def resolve_run(cfg: TrainConfig, world: int) -> tuple[RunSettings, ModelConfig]
     settings = resolve_settings(cfg, base, info.seq_len, info.rope_theta, rows, world, source)
     if cfg.mix:
         plan_for_run(cfg, settings)  # a source too small for its weight fails here, before any process starts
+    if settings.keep_optimizer:  # fail before any process starts, not after the model is built
+        carry.check_compatible(carry.optimizer_checkpoint(cfg.init_from), settings.decay_norm)
+    if settings.objective == "dpo":
+        from trainer.dpo import check_dpo_run
+
+        check_dpo_run(cfg, settings)
     return settings, resolve_model_config(base, settings)
 
 
@@ -134,6 +143,10 @@ def check_pinned(dataset: PackedDataset, fingerprint: integrity.BuildFingerprint
 def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
     run = Path(cfg.out)
     settings, mcfg = resolve_run(cfg, env.world)
+    if settings.objective == "dpo":  # preference pairs and a frozen reference: trainer/dpo.py
+        from trainer.dpo import train_dpo
+
+        return train_dpo(cfg, env, settings, mcfg)
     # every build of the run (several with --mix) is checked and pinned; --verify-data hashes once per node (the
     # CLI launcher has hashed already when it started this run)
     verify = cfg.verify_data and env.local_rank == 0 and not os.environ.get("MIDTRAIN_DATA_VERIFIED")
@@ -152,13 +165,20 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
             resolved["mix"] = plan_for_run(cfg, settings)[2].to_dict()
         cfg.to_json(run / "train_config.json", resolved=resolved, build=fingerprint.to_dict(),
                     **({"builds": {b: f.to_dict() for b, f in fingerprints.items()}} if cfg.mix else {}))
-    model = build_model(mcfg, cfg, env, settings.dtype)
+    model = build_model(mcfg, cfg, env, settings.dtype, init_weights=not settings.keep_optimizer)
     spc = seqpar.init_sequence_parallel(settings.sp, env.rank, env.world)
     seqpar.enable_ulysses(model, spc)
     schedule = LRSchedule(settings.schedule, settings.lr, settings.steps, settings.warmup, settings.final_lr_ratio,
-                          cfg.wsd_decay)
+                          cfg.wsd_decay, settings.warmup_start)
     optimizer = build_optimizer(model, settings.lr, (settings.beta1, settings.beta2), settings.eps,
                                 settings.weight_decay, settings.decay_norm)
+    if settings.keep_optimizer and not cfg.resume:  # on resume the run's own checkpoint holds both
+        path = carry.optimizer_checkpoint(cfg.init_from)
+        carry.check_compatible(path, settings.decay_norm)
+        from_step = carry.load_weights_and_optimizer(path, model, optimizer, (settings.beta1, settings.beta2),
+                                                     settings.eps, settings.weight_decay)
+        if env.is_main:
+            print(f"[train] weights and AdamW moments of {path} (step {from_step:,}); step counter reset", flush=True)
     # ranks of one sequence-parallel group read the same rows; with --mix the loader interleaves per-source pools
     loader = make_loader(cfg, settings, mcfg.seq_len, spc.data_rank(env.rank), spc.data_world(env.world))
     datasets = loader.datasets if cfg.mix else [loader.ds]  # in the order of mix_builds(cfg)

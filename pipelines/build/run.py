@@ -108,10 +108,10 @@ def stage_a_pipeline(ctx: BuildContext) -> list[PipelineStep]:
         )
 
         steps.append(DedupSignatureStep(DedupConfig.from_spec(ctx.spec.dedup)))
-    if any(s.format == "chat" for s in ctx.spec.sources):
+    if any(s.format in ("chat", "preference") for s in ctx.spec.sources):
         from pipelines.steps.chat_template import ChatTemplateTokenize
 
-        steps.append(ChatTemplateTokenize(ctx.tokenizer_path, ctx.eos_id, ctx.spec.seq_len))
+        steps.append(ChatTemplateTokenize(ctx.tokenizer_path, ctx.eos_id, ctx.spec.seq_len, ctx.pad_id))
     from pipelines.steps.tokenize_modes import tokenize_step
 
     steps += [
