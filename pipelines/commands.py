@@ -193,6 +193,10 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         exclude: Annotated[Optional[list[Path]], typer.Option(
             help="Another build's OUT dir: its documents are not reused here (dropped as excluded); repeatable.")] = None,
         progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+        by_source: Annotated[bool, typer.Option(
+            "--by-source", help="Keep the sources apart (packing: {mode: concat, by_source: true}): every row and "
+                                "shard holds one source, so `train --mix` can set their shares at load time. "
+                                "Concat specs only.")] = False,
         dry_run: Annotated[bool, typer.Option(
             "--dry-run", help="Print per source the files, bytes and estimated tokens (from a sample), and per stage "
                               "the tasks, memory per task and disk; run nothing, write nothing.")] = False,
@@ -213,6 +217,13 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             spec = load_spec(name)
         except SpecError as e:
             _fail(str(e))
+        if by_source:
+            mode = spec.packing.get("mode", "concat")
+            if mode != "concat":
+                _fail(f"--by-source applies to concat packing only; {spec.path} packs with mode {mode!r}")
+            import dataclasses
+
+            spec = dataclasses.replace(spec, packing={**spec.packing, "by_source": True})
         try:
             opts_kv = parse_executor_options(executor_opt or [])
         except InputError as e:
