@@ -131,6 +131,8 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
         state = ckpt.load_checkpoint(path, model, optimizer, env.rank)
         load_data_position(loader, state["data"], str(path))
         start = state["step"]
+    if cfg.mix and env.is_main:  # the plan (and what a resumed run already trained on) before the first step
+        loader.write_report(run / "mixture.json", start)
     log = MetricsLog(run, env.is_main, resume_step=start)
     peak = peak_flops(env.device, cfg.peak_tflops)
     progress = _progress(env.is_main and cfg.progress)
