@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import TOKENIZER, build
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
@@ -206,11 +205,11 @@ def test_spec_without_the_new_keys_hashes_as_before(data):
 
 
 def test_train_mix_on_a_by_source_build(pools, tmp_path):
+    import torch
+
     from trainer.config import TrainConfig
     from trainer.mixing import parse_mix
     from trainer.train import train
-
-    import torch
 
     torch.set_num_threads(1)
     mix = {"builds": [str(pools)], "request": parse_mix("web=0.5,code=0.3,math=0.2").to_dict()}

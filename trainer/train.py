@@ -18,8 +18,8 @@ from trainer import parallel
 from trainer import sp as seqpar
 from trainer.config import ModelConfig, TrainConfig, get_preset
 from trainer.data import read_build
-from trainer.mixing import load_data_position, make_loader, mix_builds, plan_for_run, total_rows
 from trainer.metrics import MetricsLog, peak_flops, plot_loss, step_flops
+from trainer.mixing import load_data_position, make_loader, mix_builds, plan_for_run, total_rows
 from trainer.model import Transformer
 from trainer.optim import LRSchedule, build_optimizer, set_lr
 from trainer.recipes import RunSettings, effective_preset, resolve_settings

@@ -62,7 +62,7 @@ class MixtureSpec:
     decontaminate: dict[str, Any] | None = None
     tokens: float | None = None  # target tokens of the stage (e.g. 58e9), with per-source `share:`
     tokenization: str = "default"  # "dolma": dolma-tokens-compatible text handling (pipelines/steps/tokenize_modes.py)
-    holdout: dict[str, Any] | None = None  # {fraction, max_docs}: documents held out per source (pipelines/pack/holdout.py)
+    holdout: dict[str, Any] | None = None  # {fraction, max_docs}: held out per source (pipelines/pack/holdout.py)
     path: str = ""  # where the spec was loaded from (not part of the hash)
 
     def to_dict(self) -> dict[str, Any]:

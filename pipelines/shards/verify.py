@@ -16,8 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.shards.format import (HOLDOUT_INDEX_SCHEMA, holdout_index_name, index_path_of, mask_path_of,
-                                      sha256_file)
+from pipelines.shards.format import HOLDOUT_INDEX_SCHEMA, holdout_index_name, index_path_of, mask_path_of, sha256_file
 from pipelines.shards.reader import connect
 from pipelines.shards.swap import recover_interrupted_swap
 
