@@ -218,3 +218,22 @@ def test_train_mix_on_a_by_source_build(pools, tmp_path):
     report = json.loads((tmp_path / "run" / "mixture.json").read_text())
     for s, w in (("web", 0.5), ("code", 0.3), ("math", 0.2)):
         assert abs(report["sources"][s]["realized_share"] - w) < 0.01  # 100 rows: whole-row rounding
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--by-source", "--max-tokens", "1000"], "--max-tokens does not combine with by-source packing"),
+    (["--by-source"], "--by-source applies to concat packing only"),
+])
+def test_by_source_flag_errors_exit_2(data, tmp_path, args, message):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    d, _ = data
+    s = spec(d, packing={"mode": "sft-4k"}) if "--max-tokens" not in args else spec(d)
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "build-mixture", str(s), "--out", str(tmp_path / "o"),
+                        *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "300"})
+    assert r.returncode == 2 and message in r.stdout + r.stderr and "Traceback" not in r.stderr + r.stdout, r.stderr
