@@ -6,7 +6,7 @@ SHARED     ?= ../shared/data
 TORCH_SPEC ?= torch==2.13.0
 WORKERS    ?= 2
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -21,7 +21,11 @@ demo: setup
 	$(PY) cli.py train --data out/stage2 --preset tiny --seq-len 256 --steps 40 --nproc 2 --out out/runs/demo
 
 test: setup
-	NLTK_DATA=$(SHARED)/nltk_data MIDTRAIN_SHARED=$(SHARED) $(PY) -m pytest -q
+	NLTK_DATA=$(SHARED)/nltk_data MIDTRAIN_SHARED=$(SHARED) $(PY) -m pytest -q --durations=25
+
+# the developer loop: unit tests and one small end-to-end build, a few minutes (tests/conftest.py: SLOW_MODULES)
+test-fast: setup
+	NLTK_DATA=$(SHARED)/nltk_data MIDTRAIN_SHARED=$(SHARED) $(PY) -m pytest -q -m "not slow" --durations=10
 
 bench: setup
 	$(PY) -m pip install -q -e '.[bench]'

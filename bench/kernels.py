@@ -234,7 +234,7 @@ def model(args) -> None:
     cfg = PRESETS[args.preset].model
     seq = args.seq_len or cfg.seq_len
     torch.manual_seed(0)
-    net = Transformer(cfg).to(device=device, dtype=torch.bfloat16)
+    net = Transformer(cfg, args.attn_backend).to(device=device, dtype=torch.bfloat16)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device == "cuda")
     # one packed row of `seq` tokens holding documents of 1/4 row each (document-masked attention)
     doc = seq // 4
@@ -257,7 +257,8 @@ def model(args) -> None:
     mem_s = f", peak +{mem / GB:.1f} GiB" if mem is not None else ""
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     opt_name = "AdamW (fused)" if device == "cuda" else "AdamW"
-    print(f"{args.preset} on {name}: {seq} tokens/row, bf16 params + {opt_name}, {ms:.0f} ms/step, "
+    print(f"{args.preset} on {name}: {seq} tokens/row, attention {args.attn_backend}, bf16 params + {opt_name}, "
+          f"{ms:.0f} ms/step, "
           f"{tok_s:,.0f} tokens/s, MFU {mfu}{mem_s}")
 
 
@@ -280,6 +281,7 @@ def main() -> None:
         p.add_argument("--preset", default="instella-3b", help="model preset for `model`")
         p.add_argument("--seq-len", type=int, default=4096, help="tokens per row for `model`")
         p.add_argument("--iters", type=int, default=10, help="timed steps for `model`")
+        p.add_argument("--attn-backend", default="auto", help="attention backend for `model` (kernels.attention)")
     if len(sys.argv) > 1 and sys.argv[1] == "_mem-worker":
         path, n, v, d, dtype, chunk, threads = sys.argv[2:9]
         _mem_worker(path, int(n), int(v), int(d), dtype, int(chunk), int(threads))

@@ -13,12 +13,22 @@ Part 2 — attention alone, forward + backward at `attn_seq` tokens and `docs` d
 (doc-masked) vs full causal SDPA over the row (no masking) vs SDPA with a dense block-diagonal mask.
 Configurations are timed in interleaved rounds and the minimum is kept, because the CPU may be shared.
 
+On a CUDA device (default when one is present; --device cpu keeps the CPU run) the same configurations run on the
+GPU, one after another (build, warm up, time with the device synchronised, free), so that several large models need
+not fit at once; the HF baseline is also timed under bf16 autocast (the strongest HF baseline without flash-attn),
+and each line gets an MFU: the FLOPs of the document-masked step (trainer.metrics.step_flops, the same count for
+every configuration, so HF's extra cross-document attention work is not credited) over the device's dense bf16 peak.
+A configuration that fails (out of memory, a compile error) is reported and the others still run.
+
 Needs `transformers` for the baseline; without it part 1 prints that and measures ours only.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
+import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,6 +42,7 @@ from kernels.attention import varlen_attention  # noqa: E402
 from trainer import parallel  # noqa: E402
 from trainer.config import PRESETS, TrainConfig  # noqa: E402
 from trainer.data import Sample, collate  # noqa: E402
+from trainer.metrics import peak_flops, step_flops  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
 
 
@@ -65,14 +76,15 @@ def interleaved_min(steps: dict[str, callable], rounds: int) -> dict[str, float]
     return best
 
 
-def ours_step(preset: str, batch, dtype: str, compile: bool):
+def ours_step(preset: str, batch, dtype: str, compile: bool, attn_backend: str = "auto"):
     """One full training step of the trainer's model as `cli.py train` builds it (FSDP2 over the open group)."""
     from trainer.train import build_model
 
     env = parallel.init_distributed()
     mcfg = dataclasses.replace(PRESETS[preset].model, seq_len=len(batch.input_ids))
-    cfg = TrainConfig(data="-", out="-", preset=preset, dtype=dtype, compile=compile)
+    cfg = TrainConfig(data="-", out="-", preset=preset, dtype=dtype, compile=compile, attn_backend=attn_backend)
     model = build_model(mcfg, cfg, env)
+    batch = batch.to(env.device)  # CPU: a no-op; GPU: the trainer moves each microbatch the same way
     opt = build_optimizer(model, 1e-4, (0.9, 0.95), 1e-8, 0.1)
     n_valid = batch.n_valid
 
@@ -86,7 +98,7 @@ def ours_step(preset: str, batch, dtype: str, compile: bool):
     return step
 
 
-def hf_step(preset: str, batch):
+def hf_step(preset: str, batch, device: str = "cpu", bf16_autocast: bool = False):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     m = PRESETS[preset].model
@@ -95,12 +107,13 @@ def hf_step(preset: str, batch):
                          max_position_embeddings=len(batch.input_ids), rope_theta=m.rope_theta, rms_norm_eps=m.norm_eps,
                          tie_word_embeddings=False, attn_implementation="sdpa")
     torch.manual_seed(0)
-    model = LlamaForCausalLM(hf_cfg)
+    model = LlamaForCausalLM(hf_cfg).to(device)
     opt = build_optimizer(model, 1e-4, (0.9, 0.95), 1e-8, 0.1)
-    ids = batch.input_ids[None]
+    ids = batch.input_ids[None].to(device)
 
     def step():
-        out = model(input_ids=ids, labels=ids)
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16_autocast):
+            out = model(input_ids=ids, labels=ids)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -109,10 +122,13 @@ def hf_step(preset: str, batch):
     return step
 
 
-def bench_attention(seq_len: int, docs: int, heads: int, head_dim: int, rounds: int) -> dict[str, float]:
-    b = packed_row(seq_len, docs, 100)
+def bench_attention(seq_len: int, docs: int, heads: int, head_dim: int, rounds: int,
+                    device: str = "cpu") -> dict[str, float]:
+    b = packed_row(seq_len, docs, 100).to(device)
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(seq_len, heads, head_dim, generator=g, requires_grad=True) for _ in range(3))
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    q, k, v = (torch.randn(seq_len, heads, head_dim, generator=g).to(device, dtype).requires_grad_()
+               for _ in range(3))
 
     def once(fn):
         def step():
@@ -130,9 +146,70 @@ def bench_attention(seq_len: int, docs: int, heads: int, head_dim: int, rounds: 
         "dense block-diagonal mask": once(lambda: varlen_attention(q, k, v, b.cu_seqlens, b.max_seqlen,
                                                                      backend="dense")),
     }
+    if device == "cuda":
+        for name in ("varlen", "flex"):  # the GPU backends the trainer picks without flash-attn
+            steps[f"doc-masked ({name})"] = once(lambda name=name: varlen_attention(q, k, v, b.cu_seqlens,
+                                                                                   b.max_seqlen, backend=name))
+        return {name: _gpu_time(step, 2, rounds)[0] for name, step in steps.items()}
     for step in steps.values():
         time_steps(step, 2, 0)
     return interleaved_min(steps, rounds)
+
+
+def _gpu_time(step, warmup: int, steps: int) -> tuple[float, float]:
+    """(median, min) seconds per step on the GPU, the device synchronised around every step."""
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times)
+
+
+def gpu_part1(args, batch, record: dict, save=lambda: None) -> dict[str, float]:
+    """Each configuration alone on the GPU: build, warm up (compilation happens here), time, free. Failures are
+    reported and skipped; `save` is called after each configuration (partial results survive a timeout)."""
+    configs: list[tuple[str, callable]] = []
+    try:
+        import transformers
+
+        for bf16 in (False, True):
+            label = (f"HF LlamaForCausalLM {'bf16 autocast' if bf16 else 'fp32'} "
+                     f"(transformers {transformers.__version__})")
+            configs.append((label, lambda bf16=bf16: hf_step(args.preset, batch, "cuda", bf16)))
+    except ImportError:
+        print("transformers is not installed: no HF baseline (pip install transformers); measuring ours only")
+    base = args.attn_backend
+    for dtype, comp, backend in [("fp32", False, base), ("bf16", False, base)] + \
+            [("bf16", False, b) for b in args.extra_backends] + ([] if args.no_compile else [("bf16", True, base)]):
+        label = f"ours {dtype}{' + compile' if comp else ''} {backend} (FSDP2)"
+        configs.append((label, lambda d=dtype, c=comp, b=backend: ours_step(args.preset, batch, d, c, b)))
+    results = {}
+    for name, make in configs:
+        step = None
+        try:
+            torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            step = make()
+            med, best = _gpu_time(step, args.warmup, args.steps)
+            mem = torch.cuda.max_memory_allocated() / 2**30
+            results[name] = med
+            record[name] = {"median_s": med, "min_s": best, "peak_gib": mem,
+                            "setup_and_warmup_s": time.perf_counter() - t0 - med * args.steps}
+            print(f"  {name}: median {med:.4f} s/step (min {best:.4f}), peak {mem:.1f} GiB", flush=True)
+        except Exception as e:  # noqa: BLE001 - one failing configuration must not hide the others
+            record[name] = {"error": f"{type(e).__name__}: {str(e)[:400]}"}
+            print(f"  {name}: FAILED {type(e).__name__}: {str(e)[:400]}", flush=True)
+        finally:
+            del step
+            gc.collect()
+            torch.cuda.empty_cache()
+            save()
+    return results
 
 
 def main() -> None:
@@ -145,15 +222,28 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true", help="skip the bf16 + torch.compile configuration")
     ap.add_argument("--attn-seq", type=int, default=2048, help="row length for the attention comparison")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                    help="where to run (default: cuda when available); cuda runs configurations one at a time")
+    ap.add_argument("--extra-backends", default="",
+                    help="GPU only: comma-separated attention backends (flex, varlen, sdpa_loop) to time as extra "
+                         "'ours bf16' configurations")
+    ap.add_argument("--attn-backend", default="auto",
+                    help="GPU only: attention backend of the 'ours' configurations (kernels.attention)")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args()
+    args.extra_backends = [b for b in args.extra_backends.split(",") if b]
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     m = PRESETS[args.preset].model
     print(f"preset {args.preset}: {m.n_layers} layers, d {m.d_model}, {m.n_heads} heads, FFN {m.ffn_dim}, "
           f"vocab {m.vocab_size}, {m.n_params() / 1e6:.1f}M params; one row of {args.seq_len} tokens, "
           f"{args.docs} documents; torch {torch.__version__}, {torch.get_num_threads()} threads")
     batch = packed_row(args.seq_len, args.docs, m.vocab_size)
+    if device == "cuda":
+        gpu_main(args, m, batch)
+        return
     steps: dict[str, callable] = {}
     try:
         import transformers
@@ -185,6 +275,48 @@ def main() -> None:
           f"{m.head_dim}")
     for name, sec in attn.items():
         print(f"{name:<40} {sec * 1e3:8.1f} ms  {ref / sec:5.2f}x vs full causal")
+
+
+def gpu_main(args, m, batch) -> None:
+    name = torch.cuda.get_device_name()
+    peak = peak_flops(torch.device("cuda"))
+    flops = step_flops(m, args.seq_len, batch.attn_cost)
+    print(f"device {name}; one step = {flops / 1e12:.2f} TFLOP (document-masked count); MFU against "
+          f"{peak / 1e12 if peak else float('nan'):.0f} TFLOP/s dense bf16")
+    record = {"device": name, "preset": args.preset, "seq_len": args.seq_len, "docs": args.docs,
+              "params_m": m.n_params() / 1e6, "step_tflop": flops / 1e12, "peak_tflops": peak / 1e12 if peak else None,
+              "torch": torch.__version__, "configs": {}}
+
+    def save() -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps(record, indent=2))
+
+    results = gpu_part1(args, batch, record["configs"], save)
+    parallel.cleanup()
+    base = min((v for k, v in results.items() if k.startswith("HF")), default=None)
+    print(f"\n{'configuration':<62} {'s/step':>8} {'tokens/s':>10} {'MFU':>6} {'vs best HF':>10}")
+    for cname, sec in results.items():
+        mfu = flops / sec / peak if peak else None
+        ratio = base / sec if base else None
+        record["configs"][cname].update(tokens_per_s=args.seq_len / sec, mfu=mfu, vs_best_hf=ratio)
+        print(f"{cname:<62} {sec:8.4f} {args.seq_len / sec:10.0f} {mfu if mfu is not None else float('nan'):6.1%} "
+              f"{f'{ratio:.2f}x' if ratio else '-':>10}")
+    for cname, r in record["configs"].items():
+        if "error" in r:
+            print(f"{cname:<62} FAILED: {r['error'][:200]}")
+    if base and any(k.startswith("ours") for k in results):
+        best = min(v for k, v in results.items() if k.startswith("ours"))
+        record["best_ours_vs_best_hf"] = base / best
+        print(f"best ours vs best HF: {base / best:.2f}x")
+    if args.attn_seq:
+        attn = bench_attention(args.attn_seq, args.docs, m.n_heads, m.head_dim, max(5, args.steps), "cuda")
+        ref = attn["full causal SDPA (no masking)"]
+        print(f"\nattention forward+backward (bf16, GPU), {args.attn_seq} tokens, {args.docs} documents, "
+              f"{m.n_heads} heads x {m.head_dim}")
+        for aname, sec in attn.items():
+            print(f"{aname:<40} {sec * 1e3:8.2f} ms  {ref / sec:5.2f}x vs full causal")
+        record["attention_ms"] = {k: v * 1e3 for k, v in attn.items()}
+    save()
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ def torch_varlen_available() -> bool:
     return True
 
 
+FLEX_MIN_HEAD_DIM = 16
+
+
 def resolve_backend(q: torch.Tensor, backend: str = "auto") -> str:
     """The backend `varlen_attention` will run for this tensor."""
     if backend not in BACKENDS:
@@ -56,6 +59,8 @@ def resolve_backend(q: torch.Tensor, backend: str = "auto") -> str:
         return "flash"
     if half and torch_varlen_available():
         return "varlen"
+    if q.shape[-1] < FLEX_MIN_HEAD_DIM:  # flex attention refuses small heads (seen on an H200 with head_dim 8)
+        return "sdpa_loop"
     return "flex"
 
 

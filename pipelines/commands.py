@@ -10,13 +10,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pipelines.errors import OptionError
+
 console = Console()
-
-
-def _fail(msg: str) -> None:
-    # soft_wrap: one line however narrow the terminal, so paths and `file:line` stay greppable
-    console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def print_summary(out: Path) -> None:
@@ -115,166 +111,128 @@ def print_input_changes(out: Path) -> None:
             console.print(f"[yellow]input {kind} since the previous build:[/] {escape(f)}", soft_wrap=True)
 
 
+def mixtures_cmd() -> None:
+    """List the mixture specs shipped in mixtures/."""
+    from pipelines.build.spec import available_specs, load_spec
+
+    t = Table(title="mixtures")
+    for col in ("name", "seq_len", "sources", "description"):
+        t.add_column(col)
+    for name in available_specs():
+        s = load_spec(name)
+        t.add_row(name, f"{s.seq_len:,}", str(len(s.sources)), s.description)
+    console.print(t)
+
+def show_cmd(name: Annotated[str, typer.Argument(help="Mixture name (see `mixtures`) or path to a spec YAML.")],
+             source_root: Annotated[Optional[str], typer.Option(
+                 help="Also list how many files each source matches under this root (hf:// mapped here).")] = None,
+             source_map: Annotated[Optional[list[str]], typer.Option(
+                 help="PREFIX=DIR (repeatable): also list the files each source matches with URIs starting with "
+                      "PREFIX read from DIR.")] = None) -> None:
+    """Show a mixture spec: its sources, sampling rates and formats."""
+    from pipelines.build.spec import load_spec
+    from pipelines.read.remap import SourceMap
+    from pipelines.read.sources import resolve_source
+
+    s = load_spec(name)
+    if source_root is not None and "://" not in source_root and not Path(source_root).is_dir():
+        raise OptionError(f"--source-root {source_root}: not a directory")
+    console.print(f"[bold]{s.name}[/] — {s.description}\nseq_len {s.seq_len:,} · tokenizer {s.tokenizer} · "
+                  f"rope_theta {s.rope_theta:,.0f} · seed {s.seed} · packing {s.packing}")
+    t = Table()
+    smap = SourceMap.parse(source_map or [], source_root)
+    for col in ("source", "uri", "sample", "share", "format", "optional") + (("files",) if smap else ()):
+        t.add_column(col)
+    for src in s.sources:
+        extra = (str(len(resolve_source(smap.apply(src.uri)).files)),) if smap else ()
+        t.add_row(src.name, src.uri, f"{src.sample:g}", "" if src.share is None else f"{src.share:g}", src.format,
+                  "yes" if src.optional else "", *extra)
+    console.print(t)
+    for key in ("dedup", "decontaminate"):
+        if getattr(s, key) is not None:
+            console.print(f"{key}: {getattr(s, key)}")
+
+def build_cmd(
+    name: Annotated[str, typer.Argument(help="Mixture name (see `mixtures`) or path to a spec YAML.")],
+    out: Annotated[Optional[Path], typer.Option(
+        help="Output directory (default: out/<name>). One build at a time: a second build into it exits at once.")] = None,
+    source_root: Annotated[Optional[str], typer.Option(
+        help="Map hf://datasets/<owner>/<repo>/<path> to DIR/<owner>/<repo>/<path> (e.g. ../shared/data/hub); "
+             "the shortcut for --source-map hf://datasets/=DIR.")] = None,
+    source_map: Annotated[Optional[list[str]], typer.Option(
+        help="PREFIX=DIR: read URIs starting with PREFIX (any scheme: hf://, s3://, https://) from DIR instead, "
+             "e.g. s3://softwareheritage/=/data/swh for python-edu's blobs; repeatable, longest prefix wins. "
+             "The manifest still records the canonical URIs.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Sampling/shuffling seed (default: the spec's seed).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(
+        help="Stop filling rows after this many tokens (whole documents; the rest are dropped as max-tokens).")] = None,
+    workers: Annotated[int, typer.Option(help="Parallel worker processes for the per-file stage.")] = 1,
+    executor: Annotated[str, typer.Option(help="datatrove executor: local, slurm or ray.")] = "local",
+    executor_opt: Annotated[Optional[list[str]], typer.Option(
+        help="KEY=VALUE passed to the slurm/ray executor of every stage (e.g. partition=cpu, time=12:00:00); "
+             "per-file.KEY=VALUE / global.KEY=VALUE size the per-file or the global stages only; repeatable.")] = None,
+    strict: Annotated[bool, typer.Option(help="Fail on the first unreadable record instead of counting it as dropped.")] = False,
+    exclude: Annotated[Optional[list[Path]], typer.Option(
+        help="Another build's OUT dir: its documents are not reused here (dropped as excluded); repeatable.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    by_source: Annotated[bool, typer.Option(
+        "--by-source", help="Keep the sources apart (packing: {mode: concat, by_source: true}): every row and shard "
+                            "holds one source, so `train --mix` can set their shares at load time. Concat specs "
+                            "only.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print per source the files, bytes and estimated tokens (from a sample), and per stage "
+                          "the tasks, memory per task and disk; run nothing, write nothing.")] = False,
+) -> None:
+    """Build a mixture into token shards + manifest.duckdb, then print its composition.
+
+    Executor options: `--executor-opt KEY=VALUE` goes to every stage's datatrove executor; prefix the key with
+    `per-file.` or `global.` to size the per-file stage and the global stages separately (e.g.
+    `--executor-opt global.mem_per_cpu_gb=8`). Ray: `address=auto` joins a running cluster, else a local one
+    with `--workers` CPUs is started."""
+    from pipelines.build.options import BuildOptions
+    from pipelines.build.run import build_mixture
+    from pipelines.build.run import dry_run as plan_only
+    from pipelines.build.spec import load_spec
+
+    spec = load_spec(name)
+    if by_source:
+        mode = spec.packing.get("mode", "concat")
+        if mode != "concat":
+            raise OptionError(f"--by-source applies to concat packing only; {spec.path} packs with mode {mode!r}")
+        import dataclasses
+
+        spec = dataclasses.replace(spec, packing={**spec.packing, "by_source": True})
+    out = out or Path("out") / spec.name
+    opts = BuildOptions.from_cli(out, source_map, executor_opt, exclude, source_root=source_root, seed=seed,
+                                 max_tokens=max_tokens, workers=workers, executor=executor, strict=strict,
+                                 progress=progress)
+    if dry_run:
+        print_plan(plan_only(spec, opts), out)
+        return
+    build_mixture(spec, opts)
+    if executor in ("local", "ray"):  # both block until the build is done
+        print_summary(out)
+        print_input_changes(out)
+    else:
+        console.print(f"submitted to {executor}; run `python cli.py verify {out}` when it finishes")
+
+def verify_cmd(out: Annotated[Path, typer.Argument(help="A build's output directory.")]) -> None:
+    """Re-hash every shard and reconcile the manifest's counts with the shard files."""
+    from pipelines.shards.verify import verify_build
+
+    if not (out / "manifest.duckdb").is_file():
+        raise OptionError(f"{out}: no manifest.duckdb there (not a build output directory, or the build did not "
+                          "finish)")
+    problems = verify_build(out)
+    if problems:
+        for p in problems:
+            console.print(f"[red]✗[/] {p}")
+        raise typer.Exit(1)
+    console.print(f"[green]✓[/] {out}: shards match their hashes and every count reconciles")
+
+
 def register(app: typer.Typer, synth_app: typer.Typer) -> None:
-    @app.command("mixtures")
-    def mixtures_cmd() -> None:
-        """List the mixture specs shipped in mixtures/."""
-        from pipelines.build.spec import SpecError, available_specs, load_spec
-
-        t = Table(title="mixtures")
-        for col in ("name", "seq_len", "sources", "description"):
-            t.add_column(col)
-        for name in available_specs():
-            try:
-                s = load_spec(name)
-            except SpecError as e:
-                _fail(str(e))
-            t.add_row(name, f"{s.seq_len:,}", str(len(s.sources)), s.description)
-        console.print(t)
-
-    @app.command("show")
-    def show_cmd(name: Annotated[str, typer.Argument(help="Mixture name (see `mixtures`) or path to a spec YAML.")],
-                 source_root: Annotated[Optional[str], typer.Option(
-                     help="Also list how many files each source matches under this root (hf:// mapped here).")] = None,
-                 source_map: Annotated[Optional[list[str]], typer.Option(
-                     help="PREFIX=DIR (repeatable): also list the files each source matches with URIs starting with "
-                          "PREFIX read from DIR.")] = None) -> None:
-        """Show a mixture spec: its sources, sampling rates and formats."""
-        from pipelines.build.spec import SpecError, load_spec
-        from pipelines.read.sources import resolve_source
-
-        try:
-            s = load_spec(name)
-        except SpecError as e:
-            _fail(str(e))
-        if source_root is not None and "://" not in source_root and not Path(source_root).is_dir():
-            _fail(f"--source-root {source_root}: not a directory")
-        console.print(f"[bold]{s.name}[/] — {s.description}\nseq_len {s.seq_len:,} · tokenizer {s.tokenizer} · "
-                      f"rope_theta {s.rope_theta:,.0f} · seed {s.seed} · packing {s.packing}")
-        t = Table()
-        from pipelines.read.remap import SourceMap, SourceMapError
-
-        try:
-            smap = SourceMap.parse(source_map or [], source_root)
-        except SourceMapError as e:
-            _fail(str(e))
-        for col in ("source", "uri", "sample", "share", "format", "optional") + (("files",) if smap else ()):
-            t.add_column(col)
-        for src in s.sources:
-            extra = (str(len(resolve_source(smap.apply(src.uri)).files)),) if smap else ()
-            t.add_row(src.name, src.uri, f"{src.sample:g}", "" if src.share is None else f"{src.share:g}", src.format,
-                      "yes" if src.optional else "", *extra)
-        console.print(t)
-        for key in ("dedup", "decontaminate"):
-            if getattr(s, key) is not None:
-                console.print(f"{key}: {getattr(s, key)}")
-
-    @app.command("build-mixture")
-    def build_cmd(
-        name: Annotated[str, typer.Argument(help="Mixture name (see `mixtures`) or path to a spec YAML.")],
-        out: Annotated[Optional[Path], typer.Option(
-            help="Output directory (default: out/<name>). One build at a time: a second build into it exits at once.")] = None,
-        source_root: Annotated[Optional[str], typer.Option(
-            help="Map hf://datasets/<owner>/<repo>/<path> to DIR/<owner>/<repo>/<path> (e.g. ../shared/data/hub); "
-                 "the shortcut for --source-map hf://datasets/=DIR.")] = None,
-        source_map: Annotated[Optional[list[str]], typer.Option(
-            help="PREFIX=DIR: read URIs starting with PREFIX (any scheme: hf://, s3://, https://) from DIR instead, "
-                 "e.g. s3://softwareheritage/=/data/swh for python-edu's blobs; repeatable, longest prefix wins. "
-                 "The manifest still records the canonical URIs.")] = None,
-        seed: Annotated[Optional[int], typer.Option(help="Sampling/shuffling seed (default: the spec's seed).")] = None,
-        max_tokens: Annotated[Optional[int], typer.Option(
-            help="Stop filling rows after this many tokens (whole documents; the rest are dropped as max-tokens).")] = None,
-        workers: Annotated[int, typer.Option(help="Parallel worker processes for the per-file stage.")] = 1,
-        executor: Annotated[str, typer.Option(help="datatrove executor: local, slurm or ray.")] = "local",
-        executor_opt: Annotated[Optional[list[str]], typer.Option(
-            help="KEY=VALUE passed to the slurm/ray executor of every stage (e.g. partition=cpu, time=12:00:00); "
-                 "per-file.KEY=VALUE / global.KEY=VALUE size the per-file or the global stages only; repeatable.")] = None,
-        strict: Annotated[bool, typer.Option(help="Fail on the first unreadable record instead of counting it as dropped.")] = False,
-        exclude: Annotated[Optional[list[Path]], typer.Option(
-            help="Another build's OUT dir: its documents are not reused here (dropped as excluded); repeatable.")] = None,
-        progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-        by_source: Annotated[bool, typer.Option(
-            "--by-source", help="Keep the sources apart (packing: {mode: concat, by_source: true}): every row and "
-                                "shard holds one source, so `train --mix` can set their shares at load time. "
-                                "Concat specs only.")] = False,
-        dry_run: Annotated[bool, typer.Option(
-            "--dry-run", help="Print per source the files, bytes and estimated tokens (from a sample), and per stage "
-                              "the tasks, memory per task and disk; run nothing, write nothing.")] = False,
-    ) -> None:
-        """Build a mixture into token shards + manifest.duckdb, then print its composition.
-
-        Executor options: `--executor-opt KEY=VALUE` goes to every stage's datatrove executor; prefix the key with
-        `per-file.` or `global.` to size the per-file stage and the global stages separately (e.g.
-        `--executor-opt global.mem_per_cpu_gb=8`). Ray: `address=auto` joins a running cluster, else a local one
-        with `--workers` CPUs is started."""
-        from pipelines.build.executors import StageFailed, parse_executor_options
-        from pipelines.build.options import BuildOptions
-        from pipelines.build.run import build_mixture
-        from pipelines.build.spec import SpecError, load_spec
-        from pipelines.errors import InputError
-
-        try:
-            spec = load_spec(name)
-        except SpecError as e:
-            _fail(str(e))
-        if by_source:
-            mode = spec.packing.get("mode", "concat")
-            if mode != "concat":
-                _fail(f"--by-source applies to concat packing only; {spec.path} packs with mode {mode!r}")
-            import dataclasses
-
-            spec = dataclasses.replace(spec, packing={**spec.packing, "by_source": True})
-        try:
-            opts_kv = parse_executor_options(executor_opt or [])
-        except InputError as e:
-            _fail(str(e))
-        out = out or Path("out") / spec.name
-        from pipelines.read.remap import SourceMap, SourceMapError
-
-        try:
-            SourceMap.parse(source_map or [], source_root)
-        except SourceMapError as e:
-            _fail(str(e))
-        opts = BuildOptions(out=str(out), source_root=source_root, source_map=tuple(source_map or ()), seed=seed,
-                            max_tokens=max_tokens, workers=workers, executor=executor, executor_options=opts_kv,
-                            strict=strict, exclude=tuple(str(p) for p in exclude or ()), progress=progress)
-        if dry_run:
-            from pipelines.build.run import dry_run as plan_only
-
-            try:
-                opts.check()
-                print_plan(plan_only(spec, opts), out)
-            except (InputError, FileNotFoundError) as e:
-                _fail(str(e))
-            return
-        try:
-            opts.check()
-            build_mixture(spec, opts)
-        except (InputError, FileNotFoundError) as e:
-            _fail(str(e))
-        except StageFailed as e:
-            console.print(f"[bold red]build failed:[/] {e}")
-            raise typer.Exit(1)
-        except ValueError as e:
-            if strict or "unknown" in str(e):
-                _fail(str(e))
-            raise
-        if executor in ("local", "ray"):  # both block until the build is done
-            print_summary(out)
-            print_input_changes(out)
-        else:
-            console.print(f"submitted to {executor}; run `python cli.py verify {out}` when it finishes")
-
-    @app.command("verify")
-    def verify_cmd(out: Annotated[Path, typer.Argument(help="A build's output directory.")]) -> None:
-        """Re-hash every shard and reconcile the manifest's counts with the shard files."""
-        from pipelines.shards.verify import verify_build
-
-        if not (out / "manifest.duckdb").is_file():
-            _fail(f"{out}: no manifest.duckdb there (not a build output directory, or the build did not finish)")
-        problems = verify_build(out)
-        if problems:
-            for p in problems:
-                console.print(f"[red]✗[/] {p}")
-            raise typer.Exit(1)
-        console.print(f"[green]✓[/] {out}: shards match their hashes and every count reconciles")
+    app.command("mixtures")(mixtures_cmd)
+    app.command("show")(show_cmd)
+    app.command("build-mixture")(build_cmd)
+    app.command("verify")(verify_cmd)

@@ -1,4 +1,5 @@
-"""Typed errors for bad input. The CLI turns every `InputError` into a one-line message and exit code 2.
+"""Typed errors. The CLI's one handler (`cli.py`) turns an error with an `exit_code` into a one-line message and that
+exit code: every `InputError` is 2 (the user's input is at fault), a `StageFailed` is 1 (the work failed).
 
 A user can fix each of these without reading code: the message names the spec file and field, the input file (and
 line), the CLI option, or the output directory at fault. Anything else that escapes is a bug in midtrain.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 class InputError(ValueError):
     """Bad input from the user (spec, source file, CLI option, output directory); the message says where."""
+
+    exit_code = 2
 
 
 class SpecError(InputError):
@@ -24,3 +27,9 @@ class OptionError(InputError):
 
 class OutputDirError(InputError):
     """The output directory cannot be used: it is a file, or another build holds its lock."""
+
+
+class StageFailed(RuntimeError):
+    """A stage of a build had failed tasks; the message carries their errors."""
+
+    exit_code = 1

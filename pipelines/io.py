@@ -1,20 +1,96 @@
-"""File helpers every stage shares, one home each: atomic writes (bytes, JSON, Parquet), positional reads, sizes.
+"""File helpers every stage shares, one home each: atomic writes (bytes, text, JSON, .npy, Parquet), positional
+reads, sizes, file hashes and JSON-lines reading.
+
+Atomic = written to `<path>.tmp.<pid>` and renamed into place, so a reader (or a resumed run) sees the whole file or
+none of it. Streaming writers that cannot hold their output (shards, stage-A intermediates) follow the same rule with
+their own temporary names.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import _logging  # noqa: F401  (quiet datatrove console in every worker)
 
-if TYPE_CHECKING:
-    pass
+def tmp_path_for(path: str | Path) -> str:
+    """The temporary name a file is written under before its rename (unique per process)."""
+    return f"{path}.tmp.{os.getpid()}"
 
+
+def _publish(tmp: str, path: str | Path) -> None:
+    os.replace(tmp, path)
+
+
+def _make_parent(path: str | Path) -> None:
+    parent = os.path.dirname(str(path))
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _make_parent(path)
+    tmp = tmp_path_for(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+    _publish(tmp, path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_npy(path: str | Path, arr: np.ndarray) -> None:
+    _make_parent(path)
+    tmp = tmp_path_for(path)
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+    _publish(tmp, path)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj))
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_parquet(path: str | Path, table: pa.Table, row_group_size: int | None = None) -> None:
+    _make_parent(path)
+    tmp = tmp_path_for(path)
+    pq.write_table(table, tmp, row_group_size=row_group_size)
+    _publish(tmp, path)
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number from 1, parsed value) of every non-blank line of a JSON-lines file (plain, .gz or .zst through
+    fsspec's compression inference); ValueError naming `file:line` on a line that is not JSON."""
+    import fsspec
+
+    with fsspec.open(str(path), "rt", encoding="utf-8", compression="infer") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield i, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: invalid JSON ({e.msg})") from None
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def file_size(path: str) -> int | None:
@@ -36,13 +112,6 @@ def parse_bytes(size: str) -> int:
     return int(size[:-1])
 
 
-def write_parquet(path: str, table: pa.Table, row_group_size: int | None = None) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    pq.write_table(table, tmp, row_group_size=row_group_size)
-    os.replace(tmp, path)
-
-
 def pread_into(fd: int, out: np.ndarray, offset: int, what: str) -> None:
     """Fill `out` with the bytes of file `fd` at `offset` (a positional read: no memory map, whose pages would stay in
     the reader's RSS)."""
@@ -52,16 +121,3 @@ def pread_into(fd: int, out: np.ndarray, offset: int, what: str) -> None:
         if n <= 0:
             raise OSError(f"{what}: shorter than expected (offset {offset + done})")
         done += n
-
-
-def write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
-
-
-def read_json(path: str):
-    with open(path) as f:
-        return json.load(f)

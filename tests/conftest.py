@@ -22,6 +22,23 @@ TOKENIZER = SHARED / "tokenizers" / "allenai_eleuther-ai-gpt-neox-20b-pii-specia
 os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
 
 
+# The fast tier (`make test-fast`, a few minutes: unit tests + one small end-to-end build) leaves out these modules:
+# whole-mirror builds, multi-process training, kill/resume loops. `make test` (CI) runs everything and prints the
+# slowest tests (--durations), so this list can follow the measurements.
+SLOW_MODULES = {
+    "test_build_stage2", "test_longpack", "test_longqa", "test_trainer_fsdp", "test_ulysses", "test_stage_b",
+    "test_global_dedup", "test_dedup_decontam_build", "test_hf_interop", "test_fidelity", "test_mds_inputs",
+    "test_spec_fingerprints", "test_trainer_checkpoint", "test_tokenize_dolma", "test_readme_queries",
+    "test_integrity_inputs", "test_sandbox_hostile", "test_kernels_triton", "test_recipes", "test_synth_gsm8k_llm",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     assert SHARED.is_dir(), f"shared data not found at {SHARED} (set MIDTRAIN_SHARED)"

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import pytest
+from types import SimpleNamespace
+
 import torch
 import torch.nn.functional as F
 
@@ -66,6 +68,10 @@ def test_block_diagonal_mask_shape():
 def test_auto_backend_on_cpu_and_bad_input():
     q, k, v = _qkv(4)
     assert resolve_backend(q) == "sdpa_loop"
+    # on CUDA, fp32 goes to flex attention, except heads smaller than flex accepts (an H200 run refused head_dim 8)
+    fake = SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32, shape=(4, 2, 8))
+    assert resolve_backend(fake) == "sdpa_loop"
+    assert resolve_backend(SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32, shape=(4, 2, 64))) == "flex"
     with pytest.raises(ValueError, match="backend"):
         varlen_attention(q, k, v, _cu([4]), 4, backend="nope")
     with pytest.raises(ValueError, match="tokens, heads, head_dim"):

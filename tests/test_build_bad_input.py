@@ -109,7 +109,7 @@ def test_unknown_mixture_lists_available():
     with pytest.raises(SpecError, match="unknown mixture 'stage9'.*stage2"):
         load_spec("stage9")
     res = subprocess.run([sys.executable, "cli.py", "build-mixture", "stage9"], cwd=ROOT, capture_output=True, text=True)
-    assert res.returncode == 2 and "unknown mixture 'stage9'" in res.stdout
+    assert res.returncode == 2 and "unknown mixture 'stage9'" in res.stderr
 
 
 def test_repeats_above_one_and_missing_source(tmp_path: Path, bad_dir: Path):

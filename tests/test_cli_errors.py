@@ -68,7 +68,7 @@ def test_bad_build_option_exits_2(spec: Path, args: list[str], message: str):
 
 def test_bad_build_option_from_a_shell_has_no_traceback(spec: Path):
     res = cli("build-mixture", str(spec), "--no-progress", "--workers", "0", "--out", str(spec.parent / "out"))
-    assert res.returncode == 2 and "--workers must be >= 1, got 0" in res.stdout
+    assert res.returncode == 2 and "--workers must be >= 1, got 0" in res.stderr  # errors go to stderr, one line
     assert "Traceback" not in res.stdout + res.stderr
 
 
@@ -105,6 +105,6 @@ def test_default_out_of_a_spec_name_stays_under_out(tmp_path: Path):
     work = tmp_path / "cwd"
     work.mkdir()
     res = cli("build-mixture", str(path), "--no-progress", cwd=work)
-    assert res.returncode == 2 and "field 'name' must be a plain name" in " ".join(res.stdout.split())
+    assert res.returncode == 2 and "field 'name' must be a plain name" in " ".join(res.stderr.split())
     assert not any(work.iterdir()) and sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "docs.jsonl",
                                                                                       "escape.yaml"]

@@ -92,7 +92,7 @@ def test_same_file_in_two_sources_is_a_spec_error(tmp_path: Path):
                                  {"name": "two", "uri": str(tmp_path / "x.jsonl")}])
     res = cli("build-mixture", str(spec), "--out", str(tmp_path / "out"), "--no-progress")
     assert res.returncode == 2, res.stdout + res.stderr
-    assert "sources 'one' and 'two' both match" in res.stdout and "x.jsonl" in res.stdout
+    assert "sources 'one' and 'two' both match" in res.stderr and "x.jsonl" in res.stderr
     assert "Traceback" not in res.stdout + res.stderr
     assert not (tmp_path / "out" / "work").exists()  # checked before anything is written
 
@@ -183,7 +183,7 @@ def test_plain_text_named_as_compressed_is_an_error_naming_the_file(tmp_path: Pa
         list(iter_records(str(tmp_path / name)))
     spec = write_spec(tmp_path, [{"name": "p", "uri": str(tmp_path / name)}])
     res = cli("build-mixture", str(spec), "--out", str(tmp_path / "out"), "--no-progress")
-    assert res.returncode == 2 and name in res.stdout and "Traceback" not in res.stdout + res.stderr
+    assert res.returncode == 2 and name in res.stderr and "Traceback" not in res.stdout + res.stderr
 
 
 def test_real_compressed_files_still_read(tmp_path: Path):
@@ -202,7 +202,7 @@ def test_corrupt_parquet_is_an_error_naming_the_file(tmp_path: Path):
     spec = write_spec(tmp_path, [{"name": "pq", "uri": str(tmp_path / "broken.parquet")}])
     res = cli("build-mixture", str(spec), "--out", str(tmp_path / "out"), "--no-progress")
     assert res.returncode == 2, res.stdout + res.stderr
-    assert "broken.parquet: cannot read parquet" in res.stdout.replace("\n", "")
+    assert "broken.parquet: cannot read parquet" in res.stderr.replace("\n", "")
     assert "Traceback" not in res.stdout + res.stderr
 
 
@@ -244,7 +244,7 @@ def test_second_build_into_a_locked_out_fails_at_once(tmp_path: Path):
         t = time.monotonic()
         res = cli("build-mixture", str(spec), "--out", str(out), "--no-progress")
         assert res.returncode == 2, res.stdout + res.stderr
-        assert "another build is writing there" in res.stdout and f"pid {os.getpid()}" in res.stdout
+        assert "another build is writing there" in res.stderr and f"pid {os.getpid()}" in res.stderr
         assert time.monotonic() - t < 60
         assert not (out / "work").exists()
     res = cli("build-mixture", str(spec), "--out", str(out), "--no-progress")

@@ -90,6 +90,18 @@ def test_dispatcher_picks_reference_on_cpu(monkeypatch):
 
 
 def test_dispatcher_picks_triton_for_cuda_tensors_when_triton_imports():
-    fake_cuda_tensor = SimpleNamespace(device=torch.device("cuda"))  # only .device is consulted
+    fake_cuda_tensor = SimpleNamespace(device=torch.device("cuda"), dtype=torch.bfloat16)  # only these are consulted
     assert use_triton(fake_cuda_tensor, "auto") == triton_available()
     assert not use_triton(fake_cuda_tensor, "torch")
+
+
+def test_fp64_cuda_tensors_stay_on_the_reference():
+    """The Triton kernels accumulate in fp32: `auto` must not send fp64 to them (an H200 run failed fp64 gradcheck
+    through `auto` before), and forcing it is an error rather than a silent loss of precision."""
+    fp64_cuda = SimpleNamespace(device=torch.device("cuda"), dtype=torch.float64)
+    assert not use_triton(fp64_cuda, "auto")
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        assert use_triton(SimpleNamespace(device=torch.device("cuda"), dtype=dtype), "auto") == triton_available()
+    if triton_available():
+        with pytest.raises(ValueError, match="float64"):
+            use_triton(fp64_cuda, "triton")

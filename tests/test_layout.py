@@ -4,7 +4,6 @@ it becomes an import circle."""
 from __future__ import annotations
 
 import ast
-import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +26,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("pipelines.build",),
     ("pipelines.synth", "pipelines.quality", "pipelines.commands"),
 ]
-# what the trainer may import of the builder
-TRAINER_MAY_IMPORT = ("pipelines.shards.format", "pipelines.shards.reader", "pipelines.resources")
+# what the trainer may import of the builder: the format contract and dependency-free helpers, never a stage
+TRAINER_MAY_IMPORT = ("pipelines.shards.format", "pipelines.shards.reader", "pipelines.resources", "pipelines.io")
 
 
 def module_name(path: Path) -> str:

@@ -27,8 +27,13 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_model_state_dict, set_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 
 STATE_FILE = "trainer_state.json"
 EXPORT_WEIGHTS = "model.safetensors"
@@ -42,6 +47,8 @@ def checkpoint_dir(run: str | Path, step: int) -> Path:
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot or must not be loaded (unsafe content, wrong layout)."""
+
+    exit_code = 2  # the CLI's one handler (cli.py): a one-line message, exit 2
 
 
 def rng_state() -> dict:

@@ -11,7 +11,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from trainer.config import ATTENTION, DTYPES, INITS, POSITIONS, PRESETS, SCHEDULES, ModelConfig, TrainConfig
+from trainer.config import (
+    ATTENTION,
+    DTYPES,
+    INITS,
+    POSITIONS,
+    PRESETS,
+    SCHEDULES,
+    ModelConfig,
+    TrainConfig,
+)
 from trainer.recipes import RECIPES, get_recipe
 
 HF_PREFIX = "hf:"  # same as trainer.train.HF_PREFIX (not imported: the CLI keeps torch out of --help)
@@ -132,10 +141,14 @@ def train_soup(cfg: TrainConfig, seeds: list[int], nproc: int) -> int:
     return 0
 
 
+class TrainOptionError(ValueError):
+    """A bad `train` flag or input; cli.py's one handler prints it as one line with exit code 2."""
+
+    exit_code = 2
+
+
 def fail(message: str) -> None:
-    """A bad flag or input: one line on stderr, exit code 2 (never a traceback)."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+    raise TrainOptionError(message)
 
 
 def print_memory_plan(preset: str | None, seq_len: int | None, sp: int | None, nproc: int, act_ckpt: bool,

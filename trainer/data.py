@@ -44,25 +44,27 @@ class BuildInfo:
     shard_n_pad: tuple[int, ...] | None = None  # padding tokens per shard (manifest `shards.n_pad`), when listed
 
 
-def _columns(con, table: str) -> set[str]:
-    return {r[0] for r in con.execute("select column_name from information_schema.columns "
-                                      "where table_name = ?", [table]).fetchall()}
-
-
 def read_build(path: str | Path) -> BuildInfo:
-    """The `build` and `shards` tables of a manifest (one row per shard: small whatever the build's size)."""
-    from pipelines.shards.reader import connect
+    """The `build` and `shards` tables of a manifest (one row per shard: small whatever the build's size). The
+    manifest's `format_version` says which columns exist (docs/FORMAT.md); a newer format is refused."""
+    from pipelines.shards.format import FORMAT_VERSION
+    from pipelines.shards.reader import connect, format_version
 
     path = Path(path)
     con = connect(path)
     try:
-        cols = _columns(con, "build")
+        version = format_version(con)
+        if version > FORMAT_VERSION:
+            raise ValueError(f"{path}: manifest format {version} is newer than this trainer's ({FORMAT_VERSION}); "
+                             "update midtrain")
         seq_len, pad_id, eos_id = con.execute("select seq_len, pad_id, eos_id from build").fetchone()
-        theta = con.execute("select rope_theta from build").fetchone()[0] if "rope_theta" in cols else None
-        has_mask = bool(con.execute("select has_loss_mask from build").fetchone()[0]) if "has_loss_mask" in cols \
-            else False
-        pad_col = "n_pad" if "n_pad" in _columns(con, "shards") else "null"
-        rows = con.execute(f"select path, n_rows, {pad_col} from shards order by path").fetchall()
+        if version >= 2:
+            theta, has_mask = con.execute("select rope_theta, has_loss_mask from build").fetchone()
+            rows = con.execute("select path, n_rows, n_pad from shards order by path").fetchall()
+        else:  # format 1 (before `format_version`): no RoPE theta, loss masks or padding counts recorded
+            theta, has_mask = None, False
+            rows = con.execute("select path, n_rows, null from shards order by path").fetchall()
+        has_mask = bool(has_mask)
     finally:
         con.close()
     if not rows:

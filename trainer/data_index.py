@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.shards.format import index_path_of, mask_path_of
+
 DEFAULT_MAX_OPEN_SHARDS = 64
 INDEX_COLUMNS = ("row", "start", "length")
 
@@ -30,11 +32,11 @@ class ShardIndex:
 
 
 def index_path(build: Path, shard: str) -> Path:
-    return build / shard.replace(".npy", ".idx.arrow")
+    return build / index_path_of(shard)
 
 
 def mask_path(build: Path, shard: str) -> Path:
-    return build / shard.replace(".npy", ".mask.npy")
+    return build / mask_path_of(shard)
 
 
 def load_shard_index(build: Path, shard: str, n_rows: int, seq_len: int) -> ShardIndex:

@@ -8,12 +8,21 @@ build of millions of documents is written in bounded memory (apart from the opti
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pipelines.io import atomic_save_npy
+from pipelines.shards.format import (
+    FORMAT_VERSION,
+    INDEX_SCHEMA,
+    index_path_of,
+    mask_path_of,
+    sha256_file,
+    shard_path,
+)
 
 EOS_ID, PAD_ID = 0, 1
 
@@ -40,21 +49,6 @@ def _segments(doc_lens: np.ndarray, seq_len: int, one_doc_per_row: bool) -> dict
     doc = np.searchsorted(doc_first, cuts, side="right") - 1
     return {"grow": cuts // seq_len, "start": cuts % seq_len, "length": ends - cuts, "doc": doc,
             "doc_start": cuts - doc_first[doc]}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _atomic_save(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
 
 
 def _write_shards(out: Path, doc_lens: np.ndarray, seq_len: int, rows_per_shard: int, first_shard: int,
@@ -85,10 +79,10 @@ def _write_shards(out: Path, doc_lens: np.ndarray, seq_len: int, rows_per_shard:
         flat[dst] = 2 + token_base + (stream[a:b][piece] + within) % token_span
         doc_end = seg["doc_start"][a:b] + length == doc_lens[seg["doc"][a:b]]
         flat[(row * seq_len + start + length - 1)[doc_end]] = EOS_ID
-        rel = f"shards/shard-{first_shard + i:05d}.npy"
-        _atomic_save(out / rel, arr)
+        rel = shard_path(first_shard + i)
+        atomic_save_npy(out / rel, arr)
         if with_masks:
-            _atomic_save(out / rel.replace(".npy", ".mask.npy"), (arr % 3 == 0).astype(np.uint8))
+            atomic_save_npy(out / mask_path_of(rel), (arr % 3 == 0).astype(np.uint8))
         doc_ids = pc.cast(pa.array(seg["doc"][a:b]), pa.string())
         if doc_prefix:
             doc_ids = pc.binary_join_element_wise(doc_prefix, doc_ids, "")
@@ -96,12 +90,13 @@ def _write_shards(out: Path, doc_lens: np.ndarray, seq_len: int, rows_per_shard:
             "doc_id": doc_ids,
             "shard": pa.DictionaryArray.from_arrays(pa.array(np.zeros(b - a, np.int32)), [rel]).cast(pa.string()),
             "row": pa.array(row), "start": pa.array(start), "length": pa.array(length),
-            "copy": pa.array(np.zeros(b - a, np.int32)), "doc_start": pa.array(seg["doc_start"][a:b])})
-        tmp = out / rel.replace(".npy", ".idx.arrow.tmp")
+            "copy": pa.array(np.zeros(b - a, np.int32)), "doc_start": pa.array(seg["doc_start"][a:b])},
+            schema=INDEX_SCHEMA)
+        tmp = out / f"{index_path_of(rel)}.tmp"
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, index.schema) as writer:
             writer.write_table(index)
-        os.replace(tmp, out / rel.replace(".npy", ".idx.arrow"))
-        shard_rows.append((rel, r1 - r0, arr.size, arr.size - int(length.sum()), _sha256(out / rel)))
+        os.replace(tmp, out / index_path_of(rel))
+        shard_rows.append((rel, r1 - r0, arr.size, arr.size - int(length.sum()), sha256_file(out / rel)))
         seg_tables.append(index)
     return shard_rows, seg_tables, n_rows
 
@@ -116,20 +111,19 @@ def _write_manifest(out: Path, seq_len: int, shard_rows: list[tuple], seg_tables
     con = duckdb.connect(str(tmp))
     try:
         con.execute("create table build (name varchar, seed bigint, seq_len bigint, tokenizer varchar, eos_id bigint, "
-                    "pad_id bigint, dtype varchar, rope_theta double, has_loss_mask boolean)")
-        con.execute("insert into build values ('synthetic', 0, ?, 'none', ?, ?, 'uint16', 10000.0, ?)",
-                    [seq_len, EOS_ID, PAD_ID, with_masks])
-        cols = {"path": [r[0] for r in shard_rows], "n_rows": [r[1] for r in shard_rows],
-                "n_tokens": [r[2] for r in shard_rows], "n_pad": [r[3] for r in shard_rows],
-                "sha256": [r[4] for r in shard_rows]}
-        shards = pa.table(cols)
+                    "pad_id bigint, dtype varchar, rope_theta double, has_loss_mask boolean, format_version bigint)")
+        con.execute("insert into build values ('synthetic', 0, ?, 'none', ?, ?, 'uint16', 10000.0, ?, ?)",
+                    [seq_len, EOS_ID, PAD_ID, with_masks, FORMAT_VERSION if with_n_pad else 1])
+        shards = pa.table({"path": [r[0] for r in shard_rows], "n_rows": [r[1] for r in shard_rows],
+                           "n_tokens": [r[2] for r in shard_rows], "n_pad": [r[3] for r in shard_rows],
+                           "sha256": [r[4] for r in shard_rows]})
         if not with_n_pad:
             shards = shards.drop_columns(["n_pad"])
         con.register("_shards", shards)
         con.execute("create table shards as select * from _shards")
-        if shard_source is not None:
+        if shard_source is not None:  # a by-source build: which source every shard holds
             con.register("_shard_sources", pa.table({
-                "shard": cols["path"], "source": shard_source,
+                "shard": [r[0] for r in shard_rows], "source": shard_source,
                 "n_tokens": [r[2] - r[3] for r in shard_rows], "n_pad": [float(r[3]) for r in shard_rows]}))
             con.execute("create table shard_sources as select * from _shard_sources")
         if seg_tables is not None:

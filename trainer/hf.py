@@ -23,7 +23,6 @@ Both import through `load_hf_checkpoint` into our parameter names (trainer/model
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from pipelines.io import atomic_write_bytes
+from pipelines.shards.format import sha256_file
 from trainer.checkpoint import (
     EXPORT_WEIGHTS,
     find_checkpoint,
@@ -50,6 +51,8 @@ _IGNORED_KEYS = ("rotary_emb.inv_freq",)  # non-persistent buffers some converte
 
 class HFFormatError(ValueError):
     """A Hugging Face checkpoint we cannot read (missing file, unsupported config, unexpected or missing keys)."""
+
+    exit_code = 2  # the CLI's one handler (cli.py): a one-line message, exit 2
 
 
 # ----------------------------------------------------------------------------------------------------- config
@@ -280,12 +283,6 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 # -------------------------------------------------------------------------------------------------- tokenizer
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def find_tokenizer(name: str) -> Path | None:
@@ -337,7 +334,7 @@ def resolve_export_tokenizer(run_or_checkpoint: str | Path, tokenizer: str | Pat
     elif record is not None:
         name, sha, _, _ = record
         path, source = find_tokenizer(name), f"build {data}"
-        if path is None or (sha and _sha256(path) != sha):
+        if path is None or (sha and sha256_file(path) != sha):
             raise HFFormatError(f"the tokenizer of build {data} ({name!r}, sha256 {sha}) was not found; pass "
                                 "--tokenizer PATH")
     else:
@@ -363,22 +360,16 @@ def write_tokenizer(out: Path, tokenizer: ExportTokenizer, model_max_length: int
     tok = Tokenizer.from_file(str(tokenizer.path))
     eos, pad = tok.id_to_token(tokenizer.eos_id), tok.id_to_token(tokenizer.pad_id)
     specials = {"bos_token": eos, "eos_token": eos, "unk_token": eos, "pad_token": pad}
-    _atomic_write(out / "tokenizer.json", tokenizer.path.read_bytes())
-    _atomic_write(out / "special_tokens_map.json", json.dumps(specials, indent=2).encode())
+    atomic_write_bytes(out / "tokenizer.json", tokenizer.path.read_bytes())
+    atomic_write_bytes(out / "special_tokens_map.json", json.dumps(specials, indent=2).encode())
     # GPTNeoXTokenizer: transformers 5's class; 4.x resolves it to GPTNeoXTokenizerFast. No BOS/EOS is added
     # when encoding: documents were tokenized without BOS and EOS only ends them.
     config = {"tokenizer_class": "GPTNeoXTokenizer", **specials, "add_bos_token": False, "add_eos_token": False,
               "clean_up_tokenization_spaces": False, "model_max_length": model_max_length}
-    _atomic_write(out / "tokenizer_config.json", json.dumps(config, indent=2).encode())
+    atomic_write_bytes(out / "tokenizer_config.json", json.dumps(config, indent=2).encode())
 
 
 # ----------------------------------------------------------------------------------------------------- export
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def resolve_weights_dir(run_or_checkpoint: str | Path) -> Path:
@@ -422,9 +413,9 @@ def export_hf(run_or_checkpoint: str | Path, out: str | Path, fmt: str = "transf
     if index.exists():
         index.unlink()
     config = model_config_to_hf_config(cfg, fmt, dtype, eos_id=tok.eos_id, pad_id=tok.pad_id)
-    _atomic_write(out / "config.json", json.dumps(config, indent=2).encode())
+    atomic_write_bytes(out / "config.json", json.dumps(config, indent=2).encode())
     generation = {"bos_token_id": tok.eos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
-    _atomic_write(out / "generation_config.json", json.dumps(generation, indent=2).encode())
+    atomic_write_bytes(out / "generation_config.json", json.dumps(generation, indent=2).encode())
     write_tokenizer(out, tok, cfg.seq_len)
     return out
 

@@ -10,8 +10,10 @@ from trainer.hf import DTYPES, FORMATS
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+    """A bad flag or checkpoint: cli.py's one handler prints it as one line with exit code 2."""
+    from trainer.hf import HFFormatError
+
+    raise HFFormatError(message)
 
 
 def register(app: typer.Typer, synth_app: typer.Typer) -> None:
@@ -29,8 +31,8 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             _fail(f"{src}: no such directory")
         try:
             import_hf(src, out)
-        except (HFFormatError, FileNotFoundError, OSError) as e:
-            _fail(str(e))
+        except (FileNotFoundError, OSError) as e:
+            raise HFFormatError(str(e)) from e
         typer.echo(f"imported {src} -> {out}/model.safetensors")
 
     @app.command("export-hf")
@@ -59,7 +61,9 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         try:
             tok = resolve_export_tokenizer(run, tokenizer)
             export_hf(run, out, format, tokenizer=tokenizer, dtype=dtype)
-        except (HFFormatError, FileNotFoundError, ValueError) as e:
-            _fail(str(e))
+        except (FileNotFoundError, ValueError) as e:
+            if isinstance(e, HFFormatError):
+                raise
+            raise HFFormatError(str(e)) from e
         typer.echo(f"exported {run} -> {out} ({format}, {dtype}); tokenizer {tok.path.name} from {tok.source}, "
                    f"EOS {tok.eos_id}, pad {tok.pad_id}")

@@ -9,12 +9,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.build.options import BuildOptions
 from pipelines.build.inputs import stage_a_code_version
+from pipelines.build.options import BuildOptions
 from pipelines.build.spec import MixtureSpec
 from pipelines.errors import SpecError
 from pipelines.read.registry import task_options
-from pipelines.read.remap import SourceMap
 from pipelines.read.rowfilters import task_fetch, task_filter
 from pipelines.read.sources import HF_PREFIX, resolve_source
 from pipelines.shards.format import sha256_file
@@ -44,7 +43,7 @@ class BuildContext:
         return Path(self.opts.out)
 
 
-def _display_uri(path: str, source_root: str | None) -> str:
+def display_uri(path: str, source_root: str | None) -> str:
     """Record files under their canonical hf:// URI when read through --source-root."""
     if source_root:
         root = str(Path(source_root).resolve())
@@ -63,9 +62,8 @@ def _special_id(tok, names: tuple[str, ...]) -> int | None:
 
 
 def prepare(spec: MixtureSpec, opts: BuildOptions) -> BuildContext:
-    """Resolve sources and tokenizer, and fix the stage-A work dir from a hash of everything stage A depends on."""
-
-    opts.check()
+    """Resolve sources and tokenizer, and fix the stage-A work dir from a hash of everything stage A depends on.
+    The options are checked by the caller (`build_mixture`, `dry_run`); the spec's sections are checked here."""
     spec.check_sections()
     tokenizer_path, tok = spec.load_tokenizer()
     eos_id = spec.eos_id if spec.eos_id is not None else _special_id(tok, ("<|endoftext|>", "</s>", "<eos>"))
@@ -80,7 +78,7 @@ def prepare(spec: MixtureSpec, opts: BuildOptions) -> BuildContext:
     tasks: list[FileTask] = []
     sources: list[dict] = []
     read_by: dict[str, str] = {}  # opened path -> source: a file feeds one source only (ids, files.n_records)
-    source_map = SourceMap.parse(opts.source_map, opts.source_root)
+    source_map = opts.source_mapping
     for s in spec.sources:
         resolved = resolve_source(source_map.apply(s.uri), opts.source_root)
         condition = "ok" if resolved.files else ("optional-missing" if s.optional else "no-files")
@@ -92,7 +90,7 @@ def prepare(spec: MixtureSpec, opts: BuildOptions) -> BuildContext:
                                 "one source only (narrow one uri, or use `sample` to weight it)")
             read_by[f] = s.name
             tasks.append(FileTask(source=s.name, path=f,
-                                  display=source_map.canonical(f) or _display_uri(f, opts.source_root), fmt=s.format,
+                                  display=source_map.canonical(f) or display_uri(f, opts.source_root), fmt=s.format,
                                   text_key=s.text_key, id_key=s.id_key, sample=s.sample, relative=rel,
                                   identity=ident, fetch=task_fetch(s, source_map), filter=task_filter(s),
                                   options=task_options(spec, s, tokenizer_path)))

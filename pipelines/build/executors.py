@@ -23,17 +23,13 @@ import shutil
 import threading
 from dataclasses import dataclass, field
 
-from pipelines.errors import OptionError
+from pipelines.errors import OptionError, StageFailed
 from pipelines.stages import Stage
 
 STAGE_KINDS = ("per-file", "global")
 EXECUTOR_KINDS = ("local", "slurm", "ray")
 # options our executors understand themselves (not passed to datatrove)
 RAY_INIT_OPTIONS = ("address", "num_cpus")
-
-
-class StageFailed(RuntimeError):
-    """A stage of the build had failed tasks; the message carries their errors."""
 
 
 class ExecutorOptionError(OptionError):

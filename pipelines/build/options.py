@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
-from pipelines.build.executors import EXECUTOR_KINDS
+from pipelines.build.executors import EXECUTOR_KINDS, parse_executor_options
 from pipelines.build.lock import check_out_dir
 from pipelines.errors import OptionError
+from pipelines.read.remap import SourceMap
 
 
 @dataclass
@@ -24,9 +26,23 @@ class BuildOptions:
     exclude: tuple[str, ...] = ()  # other builds whose documents must not be reused
     progress: bool = True
 
+    @classmethod
+    def from_cli(cls, out: str | Path, source_map: list[str] | None, executor_opt: list[str] | None,
+                 exclude: list[Path] | None, **options) -> BuildOptions:
+        """The options of `build-mixture` from its flags (repeatable ones as lists; `--executor-opt` KEY=VALUE)."""
+        return cls(out=str(out), source_map=tuple(source_map or ()),
+                   executor_options=parse_executor_options(executor_opt or []),
+                   exclude=tuple(str(p) for p in exclude or ()), **options)
+
+    @cached_property
+    def source_mapping(self) -> SourceMap:
+        """--source-map PREFIX=DIR items and --source-root, parsed once (SourceMapError names a bad item)."""
+        return SourceMap.parse(self.source_map, self.source_root)
+
     def check(self) -> None:
-        """OptionError (named as the CLI flag) for values no build can use; run before any work."""
+        """OptionError (named as the CLI flag) for values no build can use; run once, before any work."""
         check_out_dir(self.out)
+        self.source_mapping  # noqa: B018  (parsing is the check)
         if self.seed is not None and self.seed < 0:
             raise OptionError(f"--seed must be >= 0, got {self.seed}")
         if self.max_tokens is not None and self.max_tokens <= 0:

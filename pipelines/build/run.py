@@ -172,6 +172,7 @@ def dry_run(spec: MixtureSpec, opts: BuildOptions):
     """The plan of a build (sources, estimated tokens, stages and their needs) without running or writing anything."""
     from pipelines.build.plan import plan_build
 
+    opts.check()
     check_options_for_spec(spec, opts)
     ctx = prepare(spec, opts)
     return plan_build(ctx, plan_stages(ctx))

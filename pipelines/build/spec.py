@@ -14,10 +14,14 @@ import yaml
 
 from pipelines.build.targets import check_mixture_targets, check_source_targets
 from pipelines.errors import SpecError
-from pipelines.resources import MIXTURES_DIR, REPO_ROOT, find_tokenizer, tokenizer_not_found
 from pipelines.read.registry import EXTRA_FORMATS, FORMATS
+from pipelines.resources import (
+    MIXTURES_DIR,
+    REPO_ROOT,
+    find_tokenizer,
+    tokenizer_not_found,
+)
 from pipelines.steps.tokenize_modes import TOKENIZE_STEPS
-
 
 # How a record becomes text (see pipelines/read/formats.py); the container (jsonl/gz/zst/parquet/json array) is inferred
 # from the file name.

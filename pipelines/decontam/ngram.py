@@ -20,7 +20,6 @@ item's full length; the document is matched a second time with multiple-choice l
 from __future__ import annotations
 
 import glob
-import gzip
 import hashlib
 import json
 import os
@@ -33,6 +32,8 @@ import pyarrow.parquet as pq
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
+from pipelines.errors import SpecError
+from pipelines.io import iter_jsonl
 from pipelines.text import (
     batches_by_chars,
     fold_words,
@@ -78,18 +79,18 @@ class DecontamConfig:
         if d is True:
             d = {}
         if not isinstance(d, dict):
-            raise ValueError(f"decontaminate: expected a mapping, got {type(d).__name__}")
+            raise SpecError(f"decontaminate: expected a mapping, got {type(d).__name__}")
         known = {f.name for f in cls.__dataclass_fields__.values()}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"decontaminate: unknown key(s) {unknown}; known: {sorted(known)}")
+            raise SpecError(f"decontaminate: unknown key(s) {unknown}; known: {sorted(known)}")
         d = dict(d)
         d["benchmarks"] = tuple(resolve_benchmarks(d.get("benchmarks"), Path(spec_dir or Path.cwd())))
         if "exclude_splits" in d:
             d["exclude_splits"] = tuple(d["exclude_splits"] or ())
         cfg = cls(**d)
         if cfg.ngram < 2 or cfg.short_min < 1 or cfg.min_matches < 1:
-            raise ValueError("decontaminate: ngram must be >= 2, short_min and min_matches >= 1")
+            raise SpecError("decontaminate: ngram must be >= 2, short_min and min_matches >= 1")
         return cfg
 
     def to_dict(self) -> dict:
@@ -151,17 +152,7 @@ def read_items(path: str, cfg: DecontamConfig, skipped: dict[str, int]) -> list[
     if path.endswith(".parquet"):
         rows = enumerate(pq.read_table(path).to_pylist(), 1)
     else:
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            lines = f.read().split("\n")  # not splitlines(): U+2028 etc. may sit inside JSON strings
-        rows = []
-        for i, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((i, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: invalid JSON ({e.msg})") from None
+        rows = list(iter_jsonl(path))
     items = []
     default = _bench_name(path)
     for i, rec in rows:

@@ -49,6 +49,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from pipelines.dedup.decisions import DECISIONS_SCHEMA, write_decisions
 from pipelines.errors import InputError
+from pipelines.io import atomic_save_npy
 from pipelines.stages import Stage
 from pipelines.steps.intermediate import intermediate_paths
 
@@ -160,19 +161,12 @@ def write_partitioned(path: str, records: list[np.ndarray], kinds: list[int], n_
     """One sorted run (`partition_records`) as .npy + its offsets (atomically, offsets last)."""
     rec, offsets = partition_records(records, kinds, n_buckets)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    _atomic_save(path, rec)
-    _atomic_save(offsets_path(path), offsets)
+    atomic_save_npy(path, rec)
+    atomic_save_npy(offsets_path(path), offsets)
 
 
 def offsets_path(records_path: str) -> str:
     return records_path.rsplit(".", 1)[0] + ".offsets.npy"
-
-
-def _atomic_save(path: str, arr: np.ndarray) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------- stage 1
@@ -217,7 +211,7 @@ def sign_task(cfg: GlobalDedupConfig, task: int) -> None:
         if pending_docs or not run_offsets:
             flush()
     os.replace(tmp, path)
-    _atomic_save(offsets_path(path), np.stack(run_offsets))
+    atomic_save_npy(offsets_path(path), np.stack(run_offsets))
 
 
 def _sign_batch(batch: pa.RecordBatch, cols: list[str], keys: np.ndarray, records: list[np.ndarray],

@@ -21,6 +21,7 @@ import xxhash
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
+from pipelines.errors import SpecError
 from pipelines.text import (
     batches_by_chars,
     fold_exact,
@@ -55,15 +56,15 @@ class DedupConfig:
         if d is True:
             return cls()
         if not isinstance(d, dict):
-            raise ValueError(f"dedup: expected a mapping, got {type(d).__name__}")
+            raise SpecError(f"dedup: expected a mapping, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"dedup: unknown key(s) {unknown}; known: {sorted(known)}")
+            raise SpecError(f"dedup: unknown key(s) {unknown}; known: {sorted(known)}")
         cfg = cls(**d)
         for k in ("ngram", "bands", "rows"):
             if not isinstance(getattr(cfg, k), int) or getattr(cfg, k) < 1:
-                raise ValueError(f"dedup.{k} must be a positive integer, got {getattr(cfg, k)!r}")
+                raise SpecError(f"dedup.{k} must be a positive integer, got {getattr(cfg, k)!r}")
         if not (cfg.exact or cfg.minhash or cfg.url):
             return None
         return cfg

@@ -11,11 +11,12 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from pipelines.errors import SpecError
 from pipelines.pack.base import DROPPED_SCHEMA, SEGMENT_SCHEMA, PackInput, PackResult
 
 
-class RowTooLongError(ValueError):
-    """A pre-packed row does not fit the spec's seq_len."""
+class RowTooLongError(SpecError):
+    """A pre-packed row does not fit the spec's seq_len (fix `seq_len` or the source)."""
 
 
 def pack_mds_rows(inp: PackInput) -> PackResult:

@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.errors import OptionError
+
 console = Console()
 
 
@@ -45,15 +47,16 @@ def contamination_summary(out: Path, show_items: int = 0) -> None:
         con.close()
 
 
+def contamination_cmd(
+    out: Annotated[Path, typer.Argument(help="Build output folder (holds manifest.duckdb).")],
+    items: Annotated[int, typer.Option("--items", min=0, help="Also list this many individual hits (0 = none).")] = 0,
+) -> None:
+    """Print benchmark contamination hits per benchmark of a finished build."""
+    try:
+        contamination_summary(out, items)
+    except FileNotFoundError as e:
+        raise OptionError(str(e)) from e
+
+
 def register(app: typer.Typer, synth_app: typer.Typer) -> None:
-    @app.command("contamination")
-    def contamination_cmd(
-        out: Annotated[Path, typer.Argument(help="Build output folder (holds manifest.duckdb).")],
-        items: Annotated[int, typer.Option("--items", min=0, help="Also list this many individual hits (0 = none).")] = 0,
-    ) -> None:
-        """Print benchmark contamination hits per benchmark of a finished build."""
-        try:
-            contamination_summary(out, items)
-        except FileNotFoundError as e:
-            console.print(f"[bold red]error:[/] {e}")
-            raise typer.Exit(2)
+    app.command("contamination")(contamination_cmd)

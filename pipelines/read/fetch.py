@@ -29,7 +29,7 @@ from typing import Any
 
 import fsspec
 
-from pipelines.errors import SourceFileError
+from pipelines.errors import SourceFileError, SpecError
 from pipelines.read.formats import Record
 
 COMPRESSIONS = ("gzip", "none")
@@ -61,27 +61,27 @@ class FetchConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise ValueError(f"unknown key(s) {unknown}; allowed: {sorted(known)}")
+            raise SpecError(f"unknown key(s) {unknown}; allowed: {sorted(known)}")
         if not isinstance(raw.get("uri"), str):
-            raise ValueError("'uri' (a template such as s3://bucket/content/{blob_id}) is required")
+            raise SpecError("'uri' (a template such as s3://bucket/content/{blob_id}) is required")
         names = _template_fields(raw["uri"])
         if len(names) != 1:
-            raise ValueError(f"'uri' must name exactly one row field in braces, got {raw['uri']!r}")
+            raise SpecError(f"'uri' must name exactly one row field in braces, got {raw['uri']!r}")
         if raw.get("compression", "gzip") not in COMPRESSIONS:
-            raise ValueError(f"'compression' must be one of {list(COMPRESSIONS)}, got {raw['compression']!r}")
+            raise SpecError(f"'compression' must be one of {list(COMPRESSIONS)}, got {raw['compression']!r}")
         for k in ("concurrency", "retries"):
             v = raw.get(k, 1)
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if k == "concurrency" else 0):
-                raise ValueError(f"'{k}' must be an integer >= {1 if k == 'concurrency' else 0}, got {v!r}")
+                raise SpecError(f"'{k}' must be an integer >= {1 if k == 'concurrency' else 0}, got {v!r}")
         b = raw.get("backoff", 0.5)
         if isinstance(b, bool) or not isinstance(b, (int, float)) or b < 0:
-            raise ValueError(f"'backoff' must be a number of seconds >= 0, got {b!r}")
+            raise SpecError(f"'backoff' must be a number of seconds >= 0, got {b!r}")
         if raw.get("encoding_errors", "ignore") not in ("ignore", "replace", "strict"):
-            raise ValueError(f"'encoding_errors' must be ignore, replace or strict, got {raw['encoding_errors']!r}")
+            raise SpecError(f"'encoding_errors' must be ignore, replace or strict, got {raw['encoding_errors']!r}")
         if not isinstance(raw.get("cache", ""), (str, type(None))):
-            raise ValueError(f"'cache' must be a folder path, got {raw['cache']!r}")
+            raise SpecError(f"'cache' must be a folder path, got {raw['cache']!r}")
         if not isinstance(raw.get("storage_options", {}), dict):
-            raise ValueError("'storage_options' must be a mapping")
+            raise SpecError("'storage_options' must be a mapping")
         return cls(**{**raw, "backoff": float(b)})
 
     def to_dict(self) -> dict[str, Any]:

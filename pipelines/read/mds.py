@@ -22,6 +22,8 @@ from typing import Any
 import fsspec
 import numpy as np
 
+from pipelines.errors import SourceFileError
+
 _SCALARS = {n: n for n in ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
                            "float16", "float32", "float64")}
 _NDARRAY_DTYPES = {8: "uint8", 9: "int8", 16: "uint16", 17: "int16", 18: "float16", 32: "uint32", 33: "int32",
@@ -30,7 +32,7 @@ _DTYPE_CODES = {v: k for k, v in _NDARRAY_DTYPES.items()}
 _SHAPE_DTYPES = {0: "uint8", 1: "uint16", 2: "uint32", 3: "uint64"}
 
 
-class MDSError(ValueError):
+class MDSError(SourceFileError):
     """An MDS directory or shard cannot be read; the message names the file."""
 
 

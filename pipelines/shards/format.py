@@ -6,11 +6,12 @@ and nothing here is undocumented).
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
+from pipelines.io import sha256_file  # noqa: F401  (re-exported: the hash the manifest records)
 
 MANIFEST = "manifest.duckdb"
 SHARDS_DIR = "shards"
@@ -58,14 +59,6 @@ def holdout_name(source: str) -> str:
 
 def holdout_index_name(source: str) -> str:
     return f"{source}.idx.parquet"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # Per-shard index (`shard-NNNNN.idx.arrow`, Arrow IPC file): one row per segment, sorted by (row, start).

@@ -1,4 +1,5 @@
-"""Reading a finished build (the trainer's side of the format): the manifest, memory-mapped shards, per-shard indexes.
+"""Reading a finished build's manifest (the trainer's side of the format; shard files and their indexes are opened
+by `trainer/data_index.py` with the names of `pipelines.shards.format`).
 
 Only `pipelines.shards` is imported, so a trainer needs nothing else of the builder.
 """
@@ -7,10 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
-import numpy as np
-import pyarrow as pa
 
-from pipelines.shards.format import MANIFEST, index_path_of, mask_path_of
+from pipelines.shards.format import MANIFEST
 
 
 def connect(out: str | Path) -> duckdb.DuckDBPyConnection:
@@ -23,14 +22,8 @@ def connect(out: str | Path) -> duckdb.DuckDBPyConnection:
     return duckdb.connect(str(path), read_only=True)
 
 
-def open_shard(out: str | Path, shard: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """(tokens [n_rows, seq_len], loss mask or None) of `shard` (a `shards.path`), memory-mapped."""
-    tokens = np.load(Path(out) / shard, mmap_mode="r")
-    mask_path = Path(out) / mask_path_of(shard)
-    return tokens, (np.load(mask_path, mmap_mode="r") if mask_path.exists() else None)
-
-
-def read_index(out: str | Path, shard: str) -> pa.Table:
-    """The segments of one shard (`INDEX_SCHEMA`), sorted by row, start."""
-    with pa.memory_map(str(Path(out) / index_path_of(shard))) as source:
-        return pa.ipc.open_file(source).read_all()
+def format_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The manifest's `build.format_version`; 1 for manifests written before the column existed."""
+    has_column = con.execute("select count(*) from information_schema.columns where table_name = 'build' "
+                             "and column_name = 'format_version'").fetchone()[0]
+    return int(con.execute("select format_version from build").fetchone()[0]) if has_column else 1

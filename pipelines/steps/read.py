@@ -6,9 +6,9 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from pipelines import _logging  # noqa: F401  (quiet datatrove console in every worker)
-from pipelines.read.registry import EXTRA_FORMATS
 from pipelines.errors import SourceFileError
 from pipelines.read.formats import iter_records
+from pipelines.read.registry import EXTRA_FORMATS
 from pipelines.read.rowfilters import SELECTED_OUT, row_transform
 from pipelines.steps.tasks import FileTask
 

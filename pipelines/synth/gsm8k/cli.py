@@ -1,12 +1,15 @@
 """`python cli.py synth gsm8k`: synthetic GSM8K variants (symbolic, no model; or llm, Instella's procedure)."""
+
 from __future__ import annotations
 
 import json
 from enum import Enum
 from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+from pipelines.errors import OptionError
 from pipelines.resources import shared_data_dir
 
 # the shared data folder beside the checkout (defaults must not depend on the working directory)
@@ -19,57 +22,103 @@ class Mode(str, Enum):
 
 
 def gsm8k(
-    input: Path = typer.Option(SHARED / "gsm8k/train.jsonl", "--input", help="GSM8K train JSONL (question, answer)."),
-    out: Path = typer.Option(Path("out/synth/gsm8k"), "--out", help="Output folder: *.jsonl shards + report.json."),
-    mode: Mode = typer.Option(Mode.symbolic, "--mode", help="symbolic: offline program abstraction; "
-                                                           "llm: Instella's procedure through a model server."),
-    variants: int = typer.Option(50, "--variants", min=1, help="Variants wanted per train problem "
-                                                               "(50 reaches Instella's ~28.5M tokens)."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed; the output depends only on seed and input."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Processes (symbolic mode); output is identical."),
-    spread: float = typer.Option(2.0, "--spread", min=1.1, help="New values lie within [x/spread, x*spread]."),
-    test: Path = typer.Option(SHARED / "gsm8k/test.jsonl", "--test",
-                              help="GSM8K test JSONL: variants sharing a word 13-gram with it are dropped."),
-    tokenizer: Path = typer.Option(SHARED / "tokenizers/allenai_eleuther-ai-gpt-neox-20b-pii-special.json",
-                                   "--tokenizer", help="Tokenizer JSON used to count output tokens in the report."),
-    limit: int = typer.Option(None, "--limit", min=1, help="Only the first N train rows (smoke runs)."),
-    server_type: str = typer.Option("endpoint", "--server-type",
-                                    help="llm mode: datatrove server type (endpoint, vllm, sglang)."),
-    model: str = typer.Option("Qwen/Qwen2.5-72B-Instruct", "--model", help="llm mode: model name or path."),
-    endpoint_url: str = typer.Option(None, "--endpoint-url",
-                                     help="llm mode: OpenAI-compatible base URL (server type endpoint)."),
-    api_key: str = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY", help="llm mode: endpoint API key."),
-    concurrency: int = typer.Option(64, "--concurrency", min=1, help="llm mode: concurrent generations."),
-    program_tries: int = typer.Option(5, "--program-tries", min=1,
-                                      help="llm mode: program generations per problem before giving up."),
+    input: Annotated[Path, typer.Option("--input", help="GSM8K train JSONL (question, answer).")] = SHARED
+    / "gsm8k/train.jsonl",
+    out: Annotated[Path, typer.Option("--out", help="Output folder: *.jsonl shards + report.json.")] = Path(
+        "out/synth/gsm8k"
+    ),
+    mode: Annotated[
+        Mode,
+        typer.Option(
+            "--mode", help="symbolic: offline program abstraction; llm: Instella's procedure through a model server."
+        ),
+    ] = Mode.symbolic,
+    variants: Annotated[
+        int,
+        typer.Option(
+            "--variants", min=1, help="Variants wanted per train problem (50 reaches Instella's ~28.5M tokens)."
+        ),
+    ] = 50,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed; the output depends only on seed and input.")] = 0,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Processes (symbolic mode); output is identical.")
+    ] = 1,
+    spread: Annotated[
+        float, typer.Option("--spread", min=1.1, help="New values lie within [x/spread, x*spread].")
+    ] = 2.0,
+    test: Annotated[
+        Path, typer.Option("--test", help="GSM8K test JSONL: variants sharing a word 13-gram with it are dropped.")
+    ] = SHARED / "gsm8k/test.jsonl",
+    tokenizer: Annotated[
+        Path, typer.Option("--tokenizer", help="Tokenizer JSON used to count output tokens in the report.")
+    ] = SHARED / "tokenizers/allenai_eleuther-ai-gpt-neox-20b-pii-special.json",
+    limit: Annotated[
+        Optional[int], typer.Option("--limit", min=1, help="Only the first N train rows (smoke runs).")
+    ] = None,
+    server_type: Annotated[
+        str, typer.Option("--server-type", help="llm mode: datatrove server type (endpoint, vllm, sglang).")
+    ] = "endpoint",
+    model: Annotated[
+        str, typer.Option("--model", help="llm mode: model name or path.")
+    ] = "Qwen/Qwen2.5-72B-Instruct",
+    endpoint_url: Annotated[
+        Optional[str],
+        typer.Option("--endpoint-url", help="llm mode: OpenAI-compatible base URL (server type endpoint)."),
+    ] = None,
+    api_key: Annotated[
+        Optional[str], typer.Option("--api-key", envvar="OPENAI_API_KEY", help="llm mode: endpoint API key.")
+    ] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="llm mode: concurrent generations.")] = 64,
+    program_tries: Annotated[
+        int,
+        typer.Option("--program-tries", min=1, help="llm mode: program generations per problem before giving up."),
+    ] = 5,
 ) -> None:
     """Turn GSM8K train problems into parameterised programs and resample verified new problems."""
     if not input.is_file():
-        raise typer.BadParameter(f"input file not found: {input}", param_hint="--input")
+        raise OptionError(f"--input: input file not found: {input}")
     if not tokenizer.is_file():
-        raise typer.BadParameter(f"tokenizer file not found: {tokenizer}", param_hint="--tokenizer")
+        raise OptionError(f"--tokenizer: tokenizer file not found: {tokenizer}")
     if out.exists() and not out.is_dir():
-        raise typer.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
+        raise OptionError(f"--out: {out} exists and is not a directory")
     test_path = test if test.is_file() else None
     if test_path is None:
         typer.echo(f"warning: {test} not found; variants are not checked against GSM8K test", err=True)
     if mode is Mode.symbolic:
         from .symbolic import SymbolicConfig, run_symbolic
 
-        report = run_symbolic(input, out, SymbolicConfig(variants=variants, seed=seed, spread=spread,
-                                                         workers=workers), test_path, tokenizer, limit)
+        report = run_symbolic(
+            input,
+            out,
+            SymbolicConfig(variants=variants, seed=seed, spread=spread, workers=workers),
+            test_path,
+            tokenizer,
+            limit,
+        )
     else:
         from .llm import LLMConfig, run_llm
         from .sandbox import SandboxUnavailable
 
         try:
-            report = run_llm(input, out, LLMConfig(server_type=server_type, model=model, endpoint_url=endpoint_url,
-                                                   api_key=api_key, variants=variants, seed=seed,
-                                                   concurrency=concurrency, program_tries=program_tries),
-                             test_path, tokenizer, limit)
+            report = run_llm(
+                input,
+                out,
+                LLMConfig(
+                    server_type=server_type,
+                    model=model,
+                    endpoint_url=endpoint_url,
+                    api_key=api_key,
+                    variants=variants,
+                    seed=seed,
+                    concurrency=concurrency,
+                    program_tries=program_tries,
+                ),
+                test_path,
+                tokenizer,
+                limit,
+            )
         except SandboxUnavailable as e:  # generated programs are never run without isolation
-            typer.echo(f"error: the program sandbox cannot be set up on this machine: {e}", err=True)
-            raise typer.Exit(2)
+            raise OptionError(f"the program sandbox cannot be set up on this machine: {e}") from e
     keys = ["problems", "problems_abstracted", "abstraction_rate", "variants_emitted", "tokens", "seconds"]
     typer.echo(json.dumps({k: report.get(k) for k in keys}))
     typer.echo(f"wrote {out}/report.json")

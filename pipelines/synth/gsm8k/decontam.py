@@ -2,9 +2,9 @@
 decontamination indexes, so a synthetic row that passes here is not dropped there for the same reason."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from pipelines.io import iter_jsonl
 from pipelines.text import word_ngram_hashes
 
 N = 13
@@ -27,15 +27,11 @@ class NgramIndex:
     @classmethod
     def from_gsm8k(cls, path: str | Path, n: int = N) -> "NgramIndex":
         texts = []
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    texts.append(row["question"] + "\n" + row["answer"])
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ValueError(f"{path}:{line_no}: not a GSM8K row ({e})") from e
+        for line_no, row in iter_jsonl(path):
+            try:
+                texts.append(row["question"] + "\n" + row["answer"])
+            except (KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{line_no}: not a GSM8K row ({e})") from e
         return cls(texts, n)
 
     def overlaps(self, text: str) -> bool:

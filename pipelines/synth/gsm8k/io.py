@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipelines.io import atomic_write_text
 
 SHARD_PREFIX = "gsm8k-synthetic-"
 
@@ -50,12 +51,6 @@ def load_rows(path: str | Path, limit: int | None = None) -> tuple[list[Row], li
             break
         (rows if isinstance(item, Row) else skips).append(item)
     return rows, skips
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class ShardWriter:

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from pipelines.io import iter_jsonl
+
 from .decontam import NgramIndex
 from .io import ShardWriter, load_rows
 from .parse import check_solution, final_answer, parse_number
@@ -217,8 +219,7 @@ def run_llm(input_path: str | Path, out_dir: str | Path, config: LLMConfig, test
     # Assemble: rollout files -> records in train order.
     results: dict[int, dict] = {}
     for path in sorted((work / "rollouts").glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            doc = json.loads(line)
+        for _, doc in iter_jsonl(path):
             outs = doc["metadata"].get("rollout") or [{"rejected": "no rollout result", "variants": []}]
             results[int(doc["id"])] = outs[0]
     report = Report("llm", str(input_path), asdict(config) | {"api_key": None}, rows=len(rows) + len(skips),

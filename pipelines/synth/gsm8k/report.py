@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import atomic_write_text
+from pipelines.io import atomic_write_text
 
 INSTELLA_TOKENS = 28_500_000  # synthetic GSM8K tokens in Instella's stage 2
 

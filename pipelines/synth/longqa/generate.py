@@ -50,6 +50,7 @@ import yaml
 from datatrove.data import Document
 
 from pipelines import _logging  # noqa: F401  (datatrove's console at WARNING)
+from pipelines.io import iter_jsonl
 from pipelines.read.formats import iter_records
 
 PROMPTS_PATH = Path(__file__).with_name("prompts.yaml")
@@ -433,10 +434,8 @@ def read_raw(raw: Path) -> list[Document]:
     """The teacher's results, in input order."""
     out = []
     for path in sorted(raw.glob("*.jsonl")):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                d = json.loads(line)
-                out.append(Document(text=d["text"], id=d["id"], metadata=d["metadata"]))
+        for _, d in iter_jsonl(path):
+            out.append(Document(text=d["text"], id=d["id"], metadata=d["metadata"]))
     out.sort(key=lambda d: d.metadata["order"])
     return out
 
