@@ -225,6 +225,10 @@ def build_cmd(
     exclude: Annotated[Optional[list[Path]], typer.Option(
         help="Another build's OUT dir: its documents are not reused here (dropped as excluded); repeatable.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    by_source: Annotated[bool, typer.Option(
+        "--by-source", help="Keep the sources apart (packing: {mode: concat, by_source: true}): every row and shard "
+                            "holds one source, so `train --mix` can set their shares at load time. Concat specs "
+                            "only.")] = False,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print per source the files, bytes and estimated tokens (from a sample), and per stage "
                           "the tasks, memory per task and disk; run nothing, write nothing.")] = False,
@@ -240,6 +244,13 @@ def build_cmd(
     from pipelines.build.spec import load_spec
 
     spec = load_spec(name)
+    if by_source:
+        mode = spec.packing.get("mode", "concat")
+        if mode != "concat":
+            raise OptionError(f"--by-source applies to concat packing only; {spec.path} packs with mode {mode!r}")
+        import dataclasses
+
+        spec = dataclasses.replace(spec, packing={**spec.packing, "by_source": True})
     out = out or Path("out") / spec.name
     opts = BuildOptions.from_cli(out, source_map, executor_opt, exclude, source_root=source_root, seed=seed,
                                  max_tokens=max_tokens, workers=workers, executor=executor, strict=strict,

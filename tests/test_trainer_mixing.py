@@ -14,11 +14,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT
+
 from trainer.data_synthetic import EOS_ID, PAD_ID, source_of_token, write_synthetic_build, write_synthetic_mixture
-from trainer.mixing import (MixedLoader, MixRequest, largest_remainder, load_pools, make_loader, parse_mix,
-                            plan_mix)
+from trainer.mixing import MixedLoader, MixRequest, largest_remainder, load_pools, make_loader, parse_mix, plan_mix
 
 SEQ = 64
 SOURCES = ("code", "math", "web")  # name order = the order write_synthetic_mixture gets them below
@@ -64,8 +63,9 @@ def test_too_small_source_is_an_error_naming_it_and_the_repeat(mixture):
     math_rows = pools["math"].n_rows_usable
     total = 1000  # math's share 0.5 = 500 rows, about 2 repeats of its ~250 rows
     need = 500 / math_rows
+    cap = math.ceil(need * 100) / 100
     with pytest.raises(ValueError, match=rf"math needs 500 rows of 64 tokens but has {math_rows} \(repeat "
-                                         rf"{need:.3g}x > max_repeat 1\).*--max-repeat {math.ceil(need * 100) / 100:g}"):
+                                         rf"{need:.3g}x > max_repeat 1\).*--max-repeat {cap:g}"):
         plan_mix(pools, MixRequest({"math": 0.5, "web": 0.5}), total, SEQ)
     with pytest.raises(ValueError, match="max_repeat 2"):
         plan_mix(pools, MixRequest({"math": 0.5, "web": 0.5}, {"math": 2}), total, SEQ)

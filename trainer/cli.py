@@ -401,7 +401,8 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             if recipe is not None:
                 get_recipe(recipe)
             cfg = TrainConfig(
-                data=str(builds[0]), out=str(out), mix=mix_cfg, preset=preset, recipe=recipe, steps=steps, tokens=tokens,
+                data=str(builds[0]), out=str(out), mix=mix_cfg, preset=preset, recipe=recipe, steps=steps,
+                tokens=tokens,
                 epochs=epochs, seq_len=seq_len, batch_tokens=batch_tokens, micro_batch=micro_batch,
                 grad_accum=grad_accum, positions=positions, attention=attention, init=init, norm_eps=norm_eps,
                 decay_norm=decay_norm, rope_theta=rope_theta, lr=lr, schedule=schedule, warmup=warmup,

@@ -115,9 +115,9 @@ def _write_manifest(out: Path, seq_len: int, shard_rows: list[tuple], seg_tables
             shards = shards.drop_columns(["n_pad"])
         con.register("_shards", shards)
         con.execute("create table shards as select * from _shards")
-        if shard_source is not None:
+        if shard_source is not None:  # a by-source build: which source every shard holds
             con.register("_shard_sources", pa.table({
-                "shard": cols["path"], "source": shard_source,
+                "shard": [r[0] for r in shard_rows], "source": shard_source,
                 "n_tokens": [r[2] - r[3] for r in shard_rows], "n_pad": [float(r[3]) for r in shard_rows]}))
             con.execute("create table shard_sources as select * from _shard_sources")
         if seg_tables is not None:

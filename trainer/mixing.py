@@ -1,8 +1,9 @@
 """Load-time mixing: train on per-source token pools in requested shares, without rebuilding.
 
 A *pool* is every row of one source: the shards of by-source builds (`packing: {mode: concat, by_source: true}` or
-`build-mixture --by-source`) each hold one source (the manifest's view `source_shards`, docs/FORMAT.md), and any number of builds
-(`train --data B1 --data B2`) can contribute pools. `--mix "a=0.5,b=0.3"` (or a YAML file) asks for token shares.
+`build-mixture --by-source`) each hold one source (the manifest's view `source_shards`, docs/FORMAT.md), and any
+number of builds (`train --data B1 --data B2`) can contribute pools. `--mix "a=0.5,b=0.3"` (or a YAML file) asks
+for token shares.
 
 The run's units (rows of `seq_len` tokens, as trainer/data.py cuts them) are planned once, from its length:
 N = steps x units per step positions, source s getting `count_s` of them by largest-remainder rounding of

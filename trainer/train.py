@@ -25,6 +25,7 @@ from trainer.data import PackedDataset, read_build
 from trainer.mixing import load_data_position, make_loader, mix_builds, plan_for_run, total_rows
 from trainer.evaluate import make_evaluator, plot_eval
 from trainer.metrics import MetricsLog, peak_flops, plot_loss, step_flops
+from trainer.mixing import load_data_position, make_loader, mix_builds, plan_for_run, total_rows
 from trainer.model import Transformer
 from trainer.optim import LRSchedule, build_optimizer, set_lr
 from trainer.recipes import RunSettings, effective_preset, resolve_settings
@@ -191,6 +192,8 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
         state = ckpt.load_checkpoint(path, model, optimizer, env.rank)
         load_data_position(loader, state["data"], str(path))
         start = state["step"]
+    if cfg.mix and env.is_main:  # the plan (and what a resumed run already trained on) before the first step
+        loader.write_report(run / "mixture.json", start)
     log = MetricsLog(run, env.is_main, resume_step=start)
     evaluator = make_evaluator(cfg, mcfg.seq_len, env)  # None unless --eval-every / --eval-tasks
     peak = peak_flops(env.device, cfg.peak_tflops)

@@ -45,6 +45,7 @@ from pipelines.build.inputs import input_changes, record_inputs
 from pipelines.build.lock import out_lock
 from pipelines.build.options import BuildOptions
 from pipelines.build.spec import MixtureSpec
+from pipelines.errors import OptionError
 from pipelines.io import parse_bytes
 from pipelines.pack.items import ApplyDecisions
 from pipelines.pack.layout import plan_layout
@@ -172,13 +173,22 @@ def dry_run(spec: MixtureSpec, opts: BuildOptions):
     from pipelines.build.plan import plan_build
 
     opts.check()
+    check_options_for_spec(spec, opts)
     ctx = prepare(spec, opts)
     return plan_build(ctx, plan_stages(ctx))
+
+
+def check_options_for_spec(spec: MixtureSpec, opts: BuildOptions) -> None:
+    """OptionError for flags this spec cannot take."""
+    if opts.max_tokens is not None and spec.packing.get("by_source", False):
+        raise OptionError("--max-tokens does not combine with by-source packing (the cap would cut whole sources in "
+                          "spec order); lower the sources' `sample:` instead")
 
 
 def build_mixture(spec: MixtureSpec, opts: BuildOptions) -> Path:
     """Run a whole build; returns the manifest path. Holds OUT/.lock throughout (one build per OUT at a time)."""
     opts.check()
+    check_options_for_spec(spec, opts)
     with out_lock(opts.out):
         from pipelines.shards.swap import recover_interrupted_swap
 

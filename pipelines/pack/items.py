@@ -49,7 +49,7 @@ class ApplyDecisions(PipelineStep):
         self.shuffle = bool(ctx.spec.packing.get("shuffle", True))
         self.source_index = {s["source"]: i for i, s in enumerate(ctx.sources)}
         self.mode = ctx.spec.packing.get("mode", "concat")
-        self.holdout = HoldoutConfig.from_spec(ctx.spec.holdout, ctx.spec.path)
+        self.holdout = HoldoutConfig.from_spec(ctx.spec.holdout, ctx.spec.path) if layout.holdout else None
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         """Row group by row group (memory bounded by a batch of rows, whatever the file size); only the pack items
