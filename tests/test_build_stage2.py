@@ -12,9 +12,9 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
+from conftest import HUB, ROOT, TOKENIZER, build
 from tokenizers import Tokenizer
 
-from conftest import HUB, ROOT, TOKENIZER, build
 from pipelines.read.formats import iter_records
 from pipelines.shards.verify import verify_build
 

@@ -44,8 +44,8 @@ def write_preference_set(path: Path, n: int = N_PAIRS, seed: int = 0) -> list[di
 @pytest.fixture(scope="module")
 def dpo_build(tmp_path_factory) -> tuple[Path, list[dict]]:
     import yaml
-
     from conftest import build
+
     from pipelines.build.spec import MIXTURES_DIR
 
     tmp = tmp_path_factory.mktemp("dpo")

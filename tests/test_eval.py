@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from holdout_fixture import build_with_holdout, mirror_heldout_texts, write_holdout
+
 from trainer import tasks as task_lib
 from trainer.evaluate import EvalConfig, Evaluator, pack_pieces, request_logliks
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 import yaml
+from conftest import HUB
 from typer.testing import CliRunner
 
-from conftest import HUB
 from pipelines.build.spec import MIXTURES_DIR, SpecError, load_spec, parse_spec
 
 
@@ -53,7 +53,12 @@ def test_stage2_dry_run_shows_faithful_and_clean_side_by_side(tmp_path, monkeypa
 
 
 def test_variant_tokens_written_show_what_cleaning_removed(stage2_build, stage2_clean_build):
-    from pipelines.build.plan import BuildPlan, SourceEstimate, compare_variants, measured_tokens
+    from pipelines.build.plan import (
+        BuildPlan,
+        SourceEstimate,
+        compare_variants,
+        measured_tokens,
+    )
 
     a, b = measured_tokens(stage2_build), measured_tokens(stage2_clean_build)
     assert sum(b.values()) < sum(a.values())  # dedup + decontamination removed documents (the mirror plants some)

@@ -29,8 +29,8 @@ def _hf_kernels_available(env) -> bool:
 @pytest.fixture(scope="module")
 def export(tmp_path_factory, tokenizer_path) -> Path:
     import torch
-
     from midtrain.kernels.attention import varlen_attention  # noqa: F401  (ours, under the package name)
+
     from trainer.checkpoint import export_safetensors
     from trainer.config import ModelConfig
     from trainer.hf import export_hf

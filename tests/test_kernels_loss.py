@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from midtrain.kernels.loss import linear_cross_entropy, linear_cross_entropy_reference
 
 

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-
 from midtrain.kernels._backend import triton_available, use_triton
 from midtrain.kernels.norm import rms_norm, rms_norm_reference
 from midtrain.kernels.rope import apply_rope, positions_from_cu_seqlens, rope_cos_sin

@@ -12,13 +12,13 @@ import duckdb
 import numpy as np
 import pytest
 import yaml
-
 from conftest import build
-from pipelines.synth.longqa import generate as longqa
+
+from pipelines.build.spec import MIXTURES_DIR, SpecError
 from pipelines.pack.long import Piece, fill_short_rows, group_distinct, sample_windows
 from pipelines.shards.reader import connect
-from pipelines.build.spec import MIXTURES_DIR, SpecError
 from pipelines.shards.verify import verify_build
+from pipelines.synth.longqa import generate as longqa
 
 L1, L2, SUB = 4096, 16384, 4096
 NOT_IN_MIRROR = {"textbooks", "stackexchange", "openmathinstruct-2", "mmlu-auxiliary"}  # ../shared/data/hub lacks them

@@ -16,11 +16,18 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from holdout_fixture import build_with_holdout, mirror_heldout_texts
+
 from trainer.mix_fit import Target, dirichlet_mixtures, fit_metric, propose, spearman
-from trainer.mix_search import (MixSearchConfig, base_mixture, mix_arg, read_mixes, run_mix_search,
-                                sample_candidates, train_command)
+from trainer.mix_search import (
+    MixSearchConfig,
+    base_mixture,
+    mix_arg,
+    read_mixes,
+    run_mix_search,
+    sample_candidates,
+    train_command,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from holdout_fixture import write_holdout
+
 from trainer.data_synthetic import SOURCE_TOKEN_SPAN, write_synthetic_mixture
 
 ROOT = Path(__file__).resolve().parents[1]

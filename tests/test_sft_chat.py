@@ -9,9 +9,9 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
+from conftest import ROOT, TOKENIZER, build
 from tokenizers import Tokenizer
 
-from conftest import ROOT, TOKENIZER, build
 from pipelines.build.spec import SpecError, load_spec
 from pipelines.read.chat import MMLU_TEMPLATES, record_turns
 from pipelines.shards.verify import verify_build

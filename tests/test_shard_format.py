@@ -7,9 +7,15 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
-
 from conftest import ROOT
-from pipelines.shards.format import INDEX_SCHEMA, OPTIONAL_TABLES, TABLES, VIEW_COLUMNS, token_dtype
+
+from pipelines.shards.format import (
+    INDEX_SCHEMA,
+    OPTIONAL_TABLES,
+    TABLES,
+    VIEW_COLUMNS,
+    token_dtype,
+)
 
 
 def documented() -> dict[str, list[str]]:

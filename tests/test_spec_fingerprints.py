@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import HUB, build
 from spec_fingerprints import RECORD, build_fingerprint, shipped_specs
 

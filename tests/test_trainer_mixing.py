@@ -16,8 +16,22 @@ import pytest
 import torch
 from conftest import ROOT
 
-from trainer.data_synthetic import EOS_ID, PAD_ID, source_of_token, write_synthetic_build, write_synthetic_mixture
-from trainer.mixing import MixedLoader, MixRequest, largest_remainder, load_pools, make_loader, parse_mix, plan_mix
+from trainer.data_synthetic import (
+    EOS_ID,
+    PAD_ID,
+    source_of_token,
+    write_synthetic_build,
+    write_synthetic_mixture,
+)
+from trainer.mixing import (
+    MixedLoader,
+    MixRequest,
+    largest_remainder,
+    load_pools,
+    make_loader,
+    parse_mix,
+    plan_mix,
+)
 
 SEQ = 64
 SOURCES = ("code", "math", "web")  # name order = the order write_synthetic_mixture gets them below

@@ -15,17 +15,20 @@ from pathlib import Path
 
 import torch
 
-from trainer import carry
+from trainer import carry, integrity, parallel
 from trainer import checkpoint as ckpt
-from trainer import integrity
-from trainer import parallel
 from trainer import sp as seqpar
 from trainer.config import ModelConfig, TrainConfig, get_preset
 from trainer.data import PackedDataset, read_build
-from trainer.mixing import load_data_position, make_loader, mix_builds, plan_for_run, total_rows
 from trainer.evaluate import make_evaluator, plot_eval
 from trainer.metrics import MetricsLog, peak_flops, plot_loss, step_flops
-from trainer.mixing import load_data_position, make_loader, mix_builds, plan_for_run, total_rows
+from trainer.mixing import (
+    load_data_position,
+    make_loader,
+    mix_builds,
+    plan_for_run,
+    total_rows,
+)
 from trainer.model import Transformer
 from trainer.optim import LRSchedule, build_optimizer, set_lr
 from trainer.recipes import RunSettings, effective_preset, resolve_settings
