@@ -8,6 +8,7 @@ build of millions of documents is written in bounded memory (apart from the opti
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.io import atomic_save_npy
-from pipelines.shards.format import FORMAT_VERSION, INDEX_SCHEMA, index_path_of, mask_path_of, sha256_file, shard_path
+from pipelines.shards.format import (
+    FORMAT_VERSION,
+    INDEX_SCHEMA,
+    index_path_of,
+    mask_path_of,
+    sha256_file,
+    shard_path,
+)
 
 EOS_ID, PAD_ID = 0, 1
 
@@ -103,10 +111,13 @@ def _write_manifest(out: Path, seq_len: int, shard_rows: list[tuple], seg_tables
     tmp.unlink(missing_ok=True)
     con = duckdb.connect(str(tmp))
     try:
-        con.execute("create table build (name varchar, seed bigint, seq_len bigint, tokenizer varchar, eos_id bigint, "
-                    "pad_id bigint, dtype varchar, rope_theta double, has_loss_mask boolean, format_version bigint)")
-        con.execute("insert into build values ('synthetic', 0, ?, 'none', ?, ?, 'uint16', 10000.0, ?, ?)",
-                    [seq_len, EOS_ID, PAD_ID, with_masks, FORMAT_VERSION if with_n_pad else 1])
+        con.execute("create table build (name varchar, spec_hash varchar, seed bigint, seq_len bigint, "
+                    "tokenizer varchar, eos_id bigint, pad_id bigint, dtype varchar, rope_theta double, "
+                    "has_loss_mask boolean, format_version bigint)")
+        # no spec: the content (every shard's hash) stands for it in the build's fingerprint
+        spec_hash = hashlib.sha256("".join(r[4] for r in shard_rows).encode()).hexdigest()
+        con.execute("insert into build values ('synthetic', ?, 0, ?, 'none', ?, ?, 'uint16', 10000.0, ?, ?)",
+                    [spec_hash, seq_len, EOS_ID, PAD_ID, with_masks, FORMAT_VERSION if with_n_pad else 1])
         cols = {"path": [r[0] for r in shard_rows], "n_rows": [r[1] for r in shard_rows],
                 "n_tokens": [r[2] for r in shard_rows], "n_pad": [r[3] for r in shard_rows],
                 "sha256": [r[4] for r in shard_rows]}
