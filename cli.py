@@ -17,6 +17,7 @@ import pipelines.synth.gsm8k.cli
 import pipelines.synth.longqa.cli
 import trainer.cli
 import trainer.hf_cli
+import trainer.mix_cli
 
 app = typer.Typer(
     help="midtrain: reproducible corpus builder and lean FSDP trainer for the Instella-3B recipe.",
@@ -33,6 +34,7 @@ COMMAND_MODULES = [
     pipelines.synth.longqa.cli,
     trainer.cli,
     trainer.hf_cli,
+    trainer.mix_cli,
     pipelines.quality.cli,
 ]
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.attention import flash_attn_available, resolve_backend, varlen_attention  # noqa: E402
+from midtrain.kernels.attention import flash_attn_available, resolve_backend, varlen_attention  # noqa: E402
 
 LAYOUTS = {"instella-3b": (32, 80), "instella-1b": (16, 128)}
 

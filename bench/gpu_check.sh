@@ -77,7 +77,7 @@ BACKEND=auto
 if (( HAVE_GPU )); then
   if ! timeout 120 $PY - > "$LOG/varlen_probe.log" 2>&1 <<'PYEOF'
 import torch
-from kernels.attention import resolve_backend, varlen_attention
+from midtrain.kernels.attention import resolve_backend, varlen_attention
 q = torch.randn(64, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
 cu = torch.tensor([0, 20, 64], device="cuda", dtype=torch.int32)
 print("auto picks", resolve_backend(q))

@@ -39,7 +39,7 @@ def _current_rss() -> int:
 
 def _mem_worker(path: str, tokens: int, vocab: int, dim: int, dtype: str, chunk_size: int, threads: int) -> None:
     """Child process: one forward + backward of one loss path; prints a JSON line."""
-    from kernels.loss import linear_cross_entropy, linear_cross_entropy_reference
+    from midtrain.kernels.loss import linear_cross_entropy, linear_cross_entropy_reference
 
     try:  # if memory runs out, let the kernel kill this process rather than another one on the machine
         Path("/proc/self/oom_score_adj").write_text("1000")
@@ -124,10 +124,10 @@ def _fwd_bwd(fn, inputs, upstream_seed: int = 0):
 
 def op_cases(device: str, dtype: torch.dtype, small: bool):
     """(name, triton_fn, reference_fn, inputs) for each op, at model-like shapes (or small ones)."""
-    from kernels.loss import linear_cross_entropy, linear_cross_entropy_reference
-    from kernels.norm import rms_norm, rms_norm_reference
-    from kernels.rope import apply_rope, apply_rope_reference, rope_cos_sin
-    from kernels.swiglu import swiglu, swiglu_reference
+    from midtrain.kernels.loss import linear_cross_entropy, linear_cross_entropy_reference
+    from midtrain.kernels.norm import rms_norm, rms_norm_reference
+    from midtrain.kernels.rope import apply_rope, apply_rope_reference, rope_cos_sin
+    from midtrain.kernels.swiglu import swiglu, swiglu_reference
 
     # model shapes: instella-3b at 16K tokens (one 64K-row shard under sp=4 is 4x this); the loss at 32K tokens
     t, d, heads, ffn, vocab, t_loss = (64, 256, 4, 704, 2000, 64) if small else (16384, 2560, 32, 6912, 50304, 32768)
@@ -222,7 +222,7 @@ def ops(args) -> None:
 
 # ------------------------------------------------------------------------------------------------------------ model
 def model(args) -> None:
-    from kernels.rope import positions_from_cu_seqlens
+    from midtrain.kernels.rope import positions_from_cu_seqlens
     from trainer.config import PRESETS
     from trainer.metrics import peak_flops, step_flops
     from trainer.model import Transformer

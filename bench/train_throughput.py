@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.attention import varlen_attention  # noqa: E402
+from midtrain.kernels.attention import varlen_attention  # noqa: E402
 from trainer import parallel  # noqa: E402
 from trainer.config import PRESETS, TrainConfig  # noqa: E402
 from trainer.data import Sample, collate  # noqa: E402

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels._backend import compute_dtype, use_triton
+from ._backend import compute_dtype, use_triton
 
 REDUCTIONS = ("mean", "sum")
 DEFAULT_CHUNK_SIZE = 2048  # 2048 x 50,304 fp32 logits = 412 MB per chunk
@@ -60,7 +60,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         acc = compute_dtype(hidden.dtype)
         scale = (1.0 / n_valid.to(acc)) if reduction == "mean" else torch.ones((), dtype=acc, device=hidden.device)
         if triton:
-            from kernels.triton_loss import ce_chunk_triton as ce_chunk
+            from .triton_loss import ce_chunk_triton as ce_chunk
         else:
             ce_chunk = ce_chunk_torch
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._backend import compute_dtype, use_triton
+from ._backend import compute_dtype, use_triton
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
@@ -29,7 +29,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6, ba
     if weight is not None and weight.shape != x.shape[-1:]:
         raise ValueError(f"rms_norm weight shape {tuple(weight.shape)} != last dim of x {tuple(x.shape[-1:])}")
     if use_triton(x, backend):
-        from kernels.triton_norm import triton_rms_norm
+        from .triton_norm import triton_rms_norm
 
         return triton_rms_norm(x, weight, eps)
     return rms_norm_reference(x, weight, eps)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._backend import compute_dtype, use_triton
+from ._backend import compute_dtype, use_triton
 
 
 def positions_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int | None = None) -> torch.Tensor:
@@ -56,7 +56,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: s
         raise ValueError(f"cos/sin must be {expected} for x {tuple(x.shape)}, "
                          f"got {tuple(cos.shape)}/{tuple(sin.shape)}")
     if use_triton(x, backend):
-        from kernels.triton_rope import triton_apply_rope
+        from .triton_rope import triton_apply_rope
 
         return triton_apply_rope(x, cos, sin)
     return apply_rope_reference(x, cos, sin)

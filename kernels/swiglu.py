@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels._backend import compute_dtype, use_triton
+from ._backend import compute_dtype, use_triton
 
 
 def swiglu_reference(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -17,7 +17,7 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor, backend: str = "auto") -> torch
     if gate.shape != up.shape:
         raise ValueError(f"swiglu gate {tuple(gate.shape)} and up {tuple(up.shape)} must have the same shape")
     if use_triton(gate, backend):
-        from kernels.triton_swiglu import triton_swiglu
+        from .triton_swiglu import triton_swiglu
 
         return triton_swiglu(gate, up)
     return swiglu_reference(gate, up)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from kernels.attention import varlen_attention
-from kernels.rope import positions_from_cu_seqlens
+from .attention import varlen_attention
+from .rope import positions_from_cu_seqlens
 
 
 def _world(group) -> int:

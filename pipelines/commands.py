@@ -102,6 +102,34 @@ def print_plan(plan, out: Path) -> None:
     console.print(f"shards: ~{_size(plan.est_tokens * plan.token_bytes)} ({plan.token_bytes}-byte tokens)")
 
 
+def print_variants(spec, plan, opts, out: Path) -> None:
+    """`--dry-run`: a faithful spec beside its improved variants (`variant_of:`), source by source; with a finished
+    build of each (OUT, and out/<other name>) also the tokens each wrote, where dedup / decontamination removals
+    show."""
+    import dataclasses
+
+    from pipelines.build.plan import compare_variants, measured_tokens
+    from pipelines.build.run import dry_run as plan_only
+    from pipelines.build.spec import load_spec, related_specs
+
+    for name in related_specs(spec):
+        other = load_spec(name)
+        other_out = Path("out") / other.name
+        other_plan = plan_only(other, dataclasses.replace(opts, out=str(other_out)))
+        faithful_first = other.name == spec.variant_of
+        (a, pa, oa), (b, pb, ob) = ((other, other_plan, other_out), (spec, plan, out)) if faithful_first else \
+            ((spec, plan, out), (other, other_plan, other_out))
+        t = Table(title=f"{a.name} (faithful) vs {b.name} (variant): tokens")
+        for col in ("source / setting", a.name, b.name, f"{b.name} - {a.name}"):
+            t.add_column(col, justify="left" if col == "source / setting" else "right")
+        for row in compare_variants(a, pa, b, pb, measured_tokens(oa), measured_tokens(ob)):
+            t.add_row(row.what, row.a, row.b, row.diff)
+        console.print(t)
+        if measured_tokens(oa) is None or measured_tokens(ob) is None:
+            console.print(f"dedup / decontamination removals show in built tokens only: build both ({oa}, {ob}) "
+                          "and rerun --dry-run, or compare their manifests' `documents.reason`")
+
+
 def print_input_changes(out: Path) -> None:
     """Say which inputs changed since the previous build into the same OUT (their documents were read again)."""
     from pipelines.build.inputs import read_input_changes
@@ -197,6 +225,10 @@ def build_cmd(
     exclude: Annotated[Optional[list[Path]], typer.Option(
         help="Another build's OUT dir: its documents are not reused here (dropped as excluded); repeatable.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    by_source: Annotated[bool, typer.Option(
+        "--by-source", help="Keep the sources apart (packing: {mode: concat, by_source: true}): every row and shard "
+                            "holds one source, so `train --mix` can set their shares at load time. Concat specs "
+                            "only.")] = False,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print per source the files, bytes and estimated tokens (from a sample), and per stage "
                           "the tasks, memory per task and disk; run nothing, write nothing.")] = False,
@@ -212,12 +244,21 @@ def build_cmd(
     from pipelines.build.spec import load_spec
 
     spec = load_spec(name)
+    if by_source:
+        mode = spec.packing.get("mode", "concat")
+        if mode != "concat":
+            raise OptionError(f"--by-source applies to concat packing only; {spec.path} packs with mode {mode!r}")
+        import dataclasses
+
+        spec = dataclasses.replace(spec, packing={**spec.packing, "by_source": True})
     out = out or Path("out") / spec.name
     opts = BuildOptions.from_cli(out, source_map, executor_opt, exclude, source_root=source_root, seed=seed,
                                  max_tokens=max_tokens, workers=workers, executor=executor, strict=strict,
                                  progress=progress)
     if dry_run:
-        print_plan(plan_only(spec, opts), out)
+        plan = plan_only(spec, opts)
+        print_plan(plan, out)
+        print_variants(spec, plan, opts, out)
         return
     build_or_explain_full_disk(spec, opts)
     if executor in ("local", "ray"):  # both block until the build is done

@@ -79,6 +79,12 @@ def build(spec_name_or_path, out: Path, cwd: Path | None = None, **kw) -> Path:
 
 
 @pytest.fixture(scope="session")
+def stage2_clean_build(tmp_path_factory, hub: Path) -> Path:
+    """stage2-clean (stage2's sources + dedup + decontamination) built from the mirror."""
+    return build("stage2-clean", tmp_path_factory.mktemp("stage2-clean") / "build")
+
+
+@pytest.fixture(scope="session")
 def stage2_build(tmp_path_factory, hub: Path) -> Path:
     """The full stage2 mixture built from the mirror (~1.5M tokens, ~360 rows of 4,096; a few seconds)."""
     return build("stage2", tmp_path_factory.mktemp("stage2") / "build")

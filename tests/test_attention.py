@@ -1,13 +1,16 @@
 """kernels/attention.py: every CPU-runnable backend against the dense block-diagonal reference."""
 from __future__ import annotations
 
-import pytest
 from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.nn.functional as F
-
-from kernels.attention import block_diagonal_mask, resolve_backend, varlen_attention
+from midtrain.kernels.attention import (
+    block_diagonal_mask,
+    resolve_backend,
+    varlen_attention,
+)
 
 
 def _qkv(total: int, heads: int = 2, dim: int = 8, seed: int = 0):

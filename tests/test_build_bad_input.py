@@ -11,8 +11,8 @@ import duckdb
 import pytest
 import yaml
 import zstandard
-
 from conftest import ROOT, TOKENIZER, build
+
 from pipelines.build.spec import SpecError, load_spec, parse_spec
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import HUB
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +64,9 @@ def test_kill_9_of_the_main_pid_during_stage_a_then_rerun_is_byte_identical(stag
     assert _shard_bytes(out) == _shard_bytes(stage2_build)
 
 
-def test_lock_error_names_the_holder_and_how_to_recover(tmp_path):
-    out = tmp_path / "out"
+def test_lock_error_names_the_holder_and_how_to_recover(stage2_build, tmp_path):
+    out = tmp_path / "out"  # a build: `verify` of a directory that is no build stops before the lock
+    shutil.copytree(stage2_build, out, ignore=shutil.ignore_patterns("work"))
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.path.insert(0, sys.argv[1]); from pipelines.build.lock import out_lock\n"
         "with out_lock(sys.argv[2]):\n    print('locked', flush=True); time.sleep(120)"), str(ROOT), str(out)],

@@ -12,9 +12,9 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
+from conftest import HUB, ROOT, TOKENIZER, build
 from tokenizers import Tokenizer
 
-from conftest import HUB, ROOT, TOKENIZER, build
 from pipelines.read.formats import iter_records
 from pipelines.shards.verify import verify_build
 
@@ -157,7 +157,8 @@ def test_synthetic_gsm8k_flows_into_stage2(tmp_path: Path):
     released split: the source's uri pointed at out/synth/gsm8k/*.jsonl; messages rendered as text)."""
     import yaml
 
-    raw = yaml.safe_load((ROOT / "mixtures" / "stage2.yaml").read_text())
+    # stage2-clean: the same slot, plus the decontamination this test also checks (faithful stage2 has none)
+    raw = yaml.safe_load((ROOT / "mixtures" / "stage2-clean.yaml").read_text())
     (slot,) = [s for s in raw["sources"] if s["name"] == "instella-gsm8k-synthetic"]
     slot["uri"] = "out/synth/gsm8k/*.jsonl"
     (tmp_path / "stage2.yaml").write_text(yaml.safe_dump(raw))

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import HUB
+
 from pipelines.pack.base import cut_into_rows
 from pipelines.read.sources import map_uri, resolve_source
 from pipelines.steps.sample import sample_copies
@@ -44,9 +44,9 @@ def test_slurm_executor_pass_through(tmp_path, monkeypatch):
     stages, each depending on the one before, the manifest (one task) last."""
     from datatrove.executor import SlurmPipelineExecutor
 
+    from pipelines.build.context import prepare
     from pipelines.build.options import BuildOptions
     from pipelines.build.run import make_executors
-    from pipelines.build.context import prepare
     from pipelines.build.spec import load_spec
 
     monkeypatch.chdir(tmp_path)  # the optional synthetic source (relative URI) is absent here

@@ -8,9 +8,14 @@ from pathlib import Path
 
 import pytest
 from datatrove.data import Document
-
-from pipelines.decontam.ngram import DecontamConfig, DecontamIndex, DecontaminationStep, build_decontam_index
 from quality_mirror import iter_mirror_docs
+
+from pipelines.decontam.ngram import (
+    DecontamConfig,
+    DecontaminationStep,
+    DecontamIndex,
+    build_decontam_index,
+)
 
 PLANTED = "allenai/dolmino-mix-1124/data/math/dolmino_math_synth/gsm8k-synth/resample_v1_6x/resample-0000.jsonl"
 # the incidental hits shared/data/README.md lists (a real corpus would have them too); allowed, not required

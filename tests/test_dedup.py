@@ -7,10 +7,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 from datatrove.data import Document
+from quality_mirror import iter_mirror_docs
 
 from pipelines.dedup.signatures import DedupConfig, DedupSignatureStep, find_duplicates
 from pipelines.text import fold_exact, fold_words
-from quality_mirror import iter_mirror_docs
 
 N_BASE = 300
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from conftest import build
 from test_integrity_inputs import write_spec
 

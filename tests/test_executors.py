@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, TOKENIZER, build
 
 FAKE_SBATCH = """#!/usr/bin/env python3
@@ -57,7 +56,11 @@ def _directive(script: str, name: str) -> str | None:
 def test_slurm_arrays_beyond_max_array_size_and_per_stage_resources(tmp_path, fake_slurm):
     """2,500 per-file tasks with max_array_size 1,000 -> 3 arrays submitted side by side; the global stage waits
     `afterok` on all three (datatrove alone chains them `afterany` and waits on the last one only)."""
-    from pipelines.build.executors import ExecutorOptions, make_executors, parse_executor_options
+    from pipelines.build.executors import (
+        ExecutorOptions,
+        make_executors,
+        parse_executor_options,
+    )
     from pipelines.stages import Stage
 
     stages = [Stage("read", [_noop], 2500, kind="per-file"), Stage("pack", [_noop], 1, kind="global")]

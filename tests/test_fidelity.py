@@ -13,13 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import TOKENIZER, build
 from tokenizers import Tokenizer
 from typer.testing import CliRunner
 
-from conftest import ROOT, TOKENIZER, build
-from pipelines.shards.reader import connect
-from pipelines.read.remap import SourceMap, SourceMapError
 from pipelines.build.spec import MIXTURES_DIR, SpecError, load_spec
+from pipelines.read.remap import SourceMap, SourceMapError
+from pipelines.shards.reader import connect
 
 PY_FILES = {  # blob_id -> file text (non-ASCII included: the blob is UTF-8, gzip-compressed as upstream)
     "a1b2c3": "def add(a, b):\n    \"\"\"Sum of a and b.\"\"\"\n    return a + b\n",

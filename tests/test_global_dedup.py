@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import TOKENIZER, build
+
+from pipelines.build.executors import ExecutorOptions, run_stages
 from pipelines.dedup import global_stages as ds
 from pipelines.dedup.decisions import doc_key, read_decisions
-from pipelines.build.executors import ExecutorOptions, run_stages
 from pipelines.shards.format import MANIFEST
 from pipelines.steps.intermediate import intermediate_paths
 

@@ -21,8 +21,13 @@ import torch.nn.functional as F
 
 from trainer.checkpoint import load_model_weights, read_model_config
 from trainer.config import ModelConfig, get_preset
-from trainer.hf import (HFFormatError, export_hf, hf_config_to_model_config, load_hf_checkpoint,
-                        model_config_to_hf_config)
+from trainer.hf import (
+    HFFormatError,
+    export_hf,
+    hf_config_to_model_config,
+    load_hf_checkpoint,
+    model_config_to_hf_config,
+)
 from trainer.model import Transformer
 
 transformers = pytest.importorskip("transformers")
@@ -41,8 +46,9 @@ def _train(*args: str) -> None:
 
 def _cli(*args: str, check: bool = True):
     """`python cli.py ARGS` in this process (typer's runner): the HF commands need no process group."""
-    import cli
     from typer.testing import CliRunner
+
+    import cli
 
     result = CliRunner().invoke(cli.app, list(args))
     if check:

@@ -19,12 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 import zstandard
-
 from conftest import ROOT, TOKENIZER, build
-from pipelines.errors import SourceFileError
-from pipelines.read.formats import iter_records, split_lines
+
 from pipelines.build.inputs import stage_a_code_version
 from pipelines.build.lock import out_lock
+from pipelines.errors import SourceFileError
+from pipelines.read.formats import iter_records, split_lines
 from pipelines.read.sources import resolve_source
 
 

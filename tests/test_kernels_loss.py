@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from kernels.loss import linear_cross_entropy, linear_cross_entropy_reference
+from midtrain.kernels.loss import linear_cross_entropy, linear_cross_entropy_reference
 
 
 def _case(n=37, d=16, v=101, dtype=torch.float32, ignore_every=0, seed=0):

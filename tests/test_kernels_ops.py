@@ -8,11 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-
-from kernels._backend import triton_available, use_triton
-from kernels.norm import rms_norm, rms_norm_reference
-from kernels.rope import apply_rope, positions_from_cu_seqlens, rope_cos_sin
-from kernels.swiglu import swiglu
+from midtrain.kernels._backend import triton_available, use_triton
+from midtrain.kernels.norm import rms_norm, rms_norm_reference
+from midtrain.kernels.rope import apply_rope, positions_from_cu_seqlens, rope_cos_sin
+from midtrain.kernels.swiglu import swiglu
 
 
 def test_rms_norm_matches_torch_functional():

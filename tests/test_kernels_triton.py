@@ -17,10 +17,10 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton", reason="triton not installed (pip install triton; it runs on CPU via the interpreter)")
 
-from kernels.loss import linear_cross_entropy, linear_cross_entropy_reference  # noqa: E402
-from kernels.norm import rms_norm, rms_norm_reference  # noqa: E402
-from kernels.rope import apply_rope, apply_rope_reference, rope_cos_sin  # noqa: E402
-from kernels.swiglu import swiglu, swiglu_reference  # noqa: E402
+from midtrain.kernels.loss import linear_cross_entropy, linear_cross_entropy_reference  # noqa: E402
+from midtrain.kernels.norm import rms_norm, rms_norm_reference  # noqa: E402
+from midtrain.kernels.rope import apply_rope, apply_rope_reference, rope_cos_sin  # noqa: E402
+from midtrain.kernels.swiglu import swiglu, swiglu_reference  # noqa: E402
 
 # fp32: summation order only; fp16/bf16: about one rounding of the output (2^-11 / 2^-8 relative), with headroom
 BOUNDS = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}

@@ -12,15 +12,16 @@ import duckdb
 import numpy as np
 import pytest
 import yaml
-
 from conftest import build
-from pipelines.synth.longqa import generate as longqa
+
+from pipelines.build.spec import MIXTURES_DIR, SpecError
 from pipelines.pack.long import Piece, fill_short_rows, group_distinct, sample_windows
 from pipelines.shards.reader import connect
-from pipelines.build.spec import MIXTURES_DIR
 from pipelines.shards.verify import verify_build
+from pipelines.synth.longqa import generate as longqa
 
 L1, L2, SUB = 4096, 16384, 4096
+NOT_IN_MIRROR = {"textbooks", "stackexchange", "openmathinstruct-2", "mmlu-auxiliary"}  # ../shared/data/hub lacks them
 
 
 def scaled_spec(name: str, tmp: Path, **changes) -> Path:
@@ -29,6 +30,8 @@ def scaled_spec(name: str, tmp: Path, **changes) -> Path:
     packing = changes.pop("packing", {})
     raw.update(changes)
     raw["packing"] = {**raw["packing"], **packing}
+    # a source with a planned share is never optional: the ones the mirror lacks are left out of the scaled spec
+    raw["sources"] = [s for s in raw["sources"] if s["name"] not in NOT_IN_MIRROR]
     for s in raw["sources"]:  # scaled down: fewer short docs keep the test within its CPU budget
         s["sample"] = long_sample if s["packing"] == "long" else short_sample
     path = tmp / f"{name}.yaml"
@@ -167,6 +170,9 @@ def test_long_sft_pads_rows_and_masks_exactly_the_answers(tmp_path, hub, tokeniz
     (qa_dir / "books.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     raw = yaml.safe_load((MIXTURES_DIR / "long-sft.yaml").read_text())
     raw["seq_len"] = L2
+    # only the books QA is synthesised here: a source with a planned share is never optional, so the others go
+    raw["sources"] = [s for s in raw["sources"] if (not s["uri"].startswith("out/") or s["name"] == "longqa-books")
+                      and s["name"] not in NOT_IN_MIRROR]
     for s in raw["sources"]:
         if s["uri"].startswith("out/"):
             s["uri"] = str(tmp_path / s["uri"])
@@ -203,8 +209,13 @@ def test_long_sft_pads_rows_and_masks_exactly_the_answers(tmp_path, hub, tokeniz
     assert set(pad) >= {"longqa-books", "ultrachat-200k", "tulu3-if"} and all(0 <= v < 1 for v in pad.values())
     n_pad_view, n_pad_shards = con.execute("SELECT (SELECT sum(n_pad) FROM padding), sum(n_pad) FROM shards").fetchone()
     assert abs(n_pad_view - n_pad_shards) <= len(pad)  # rounding per source only
-    conditions = dict(con.execute("SELECT source, condition FROM sources").fetchall())
-    assert conditions["openmathinstruct-2"] == "no-files"  # not in the mirror (tests/test_fidelity.py renders it)
+    # openmathinstruct-2 (share 0.10) is not in the mirror: with it in the spec the build stops instead of writing
+    # a mix without it (a planned share is never optional)
+    raw["sources"].append(next(s for s in yaml.safe_load((MIXTURES_DIR / "long-sft.yaml").read_text())["sources"]
+                               if s["name"] == "openmathinstruct-2"))
+    spec.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError, match="source 'openmathinstruct-2' carries a planned share"):
+        build(spec, tmp_path / "sft-missing")
 
 
 def test_long_packing_runs_in_bounded_partitions_and_accounts_for_every_document(tmp_path, hub, monkeypatch):

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED, TOKENIZER, build
 from tokenizers import Tokenizer
 
-from conftest import SHARED, TOKENIZER, build
-from pipelines.read.mds import iter_samples, write_mds
 from pipelines.build.spec import SpecError, load_spec
+from pipelines.read.mds import iter_samples, write_mds
 from pipelines.shards.verify import verify_build
 
 FOREIGN = SHARED / "tokenizers" / "allenai_dolma2.json"  # another vocabulary, standing in for ProLong's Llama-3

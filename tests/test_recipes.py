@@ -21,14 +21,19 @@ from trainer.recipes import RECIPES, resolve_settings
 ROOT = Path(__file__).resolve().parents[1]
 K4, K64, K256 = 4096, 65536, 262144
 
-# Instella's numbers per stage, written out independently of trainer/recipes.py (configs/instella-3b-*.yaml):
-# lr, schedule, warmup, final ratio, tokens per step, row length, duration, seeds, sequence parallel, attention
+# Instella's numbers per stage, written out independently of trainer/recipes.py (AMD-AIG-AIMA/Instella
+# configs/instella-3b-*.yaml on main, configs/instella-3b-long-*.yaml on branch instella-long):
+# lr, schedule, warmup, final ratio, tokens per step, row length, duration, seeds, sequence parallel, attention.
+# Tokens per step count distinct rows: under sequence parallelism the 4 ranks of a group share a row, so long phase 2
+# is global_train_batch_size 128 / seq_parallel_size 4 = 32 rows x 256K = 8M ("128 *256K/4(seq_parallel_size)=8M
+# tokens BS", configs/instella-3b-long-pretrain-phase2.yaml) and the long SFT 64 / 4 = 16 rows = 4M
+# (configs/instella-3b-long-sft.yaml).
 INSTELLA = {
     "instella-stage1": (4e-4, "cosine", 2000, 0.1, 1024 * 4096, K4, ("epochs", 1), (), 1, "causal"),
     "instella-stage2": (4e-5, "linear", 0, 0.0, 1024 * 4096, K4, ("epochs", 1), (5796, 6198, 8915), 1, "causal"),
     "instella-long-phase1": (2e-5, "linear", 500, 0.001, 64 * 65536, K64, ("steps", 5000), (), 1, "document"),
-    "instella-long-phase2": (2e-5, "linear", 250, 0.001, 128 * 262144, K256, ("steps", 2500), (), 4, "document"),
-    "instella-long-sft": (4e-5, "linear", 13, 0.001, 64 * 262144, K256, ("steps", 250), (), 4, "document"),
+    "instella-long-phase2": (2e-5, "linear", 250, 0.001, 128 // 4 * 262144, K256, ("steps", 2500), (), 4, "document"),
+    "instella-long-sft": (4e-5, "linear", 13, 0.001, 64 // 4 * 262144, K256, ("steps", 250), (), 4, "document"),
     "instella-sft": (1e-5, "linear", 500, 0.001, 128 * 4096, K4, ("epochs", 3), (), 1, "causal"),
 }
 
@@ -145,7 +150,7 @@ CFG = ModelConfig(n_layers=2, d_model=32, n_heads=4, ffn_dim=64, seq_len=64, voc
 
 def _dense_causal_loss(model, ids: torch.Tensor) -> torch.Tensor:
     """Plain causal LM over the whole row written with torch's SDPA(is_causal=True): no cu_seqlens, no masking."""
-    from kernels.rope import apply_rope, rope_cos_sin
+    from midtrain.kernels.rope import apply_rope, rope_cos_sin
 
     T, d, H = len(ids), CFG.d_model, CFG.n_heads
     cos, sin = rope_cos_sin(torch.arange(T), CFG.head_dim, CFG.rope_theta, dtype=torch.float64)

@@ -8,7 +8,13 @@ import pytest
 
 from pipelines.synth.gsm8k.llm import extract_program
 from pipelines.synth.gsm8k.prompts import PROGRAM_EXAMPLES
-from pipelines.synth.gsm8k.safe_eval import EvalLimits, LimitExceeded, ProgramFailed, check, evaluate
+from pipelines.synth.gsm8k.safe_eval import (
+    EvalLimits,
+    LimitExceeded,
+    ProgramFailed,
+    check,
+    evaluate,
+)
 from pipelines.synth.gsm8k.sandbox import run_program
 
 # Programs of the kind the PROGRAM prompt asks for, with their arguments. The reference answer is what CPython

@@ -9,10 +9,11 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
+from conftest import ROOT, TOKENIZER, build
 from tokenizers import Tokenizer
 
-from conftest import ROOT, TOKENIZER, build
 from pipelines.build.spec import SpecError, load_spec
+from pipelines.read.chat import MMLU_TEMPLATES, record_turns
 from pipelines.shards.verify import verify_build
 
 SMOLTALK = [
@@ -39,8 +40,8 @@ def sft_hub(tmp_path_factory) -> Path:
                   "answer": [1]}).write_parquet(d / "train-00000-of-00001.parquet")
     d = hub / "GAIR/o1-journey"
     d.mkdir(parents=True)
-    (d / "train.jsonl").write_text(json.dumps({"question": "Why is the sky blue?", "longCOT": "Rayleigh scattering."})
-                                   + "\n")
+    (d / "train.jsonl").write_text(json.dumps({"question": "Why is the sky blue?",
+                                               "longCOT": "Rayleigh scattering.\n#### blue\nmore"}) + "\n")
     return hub
 
 
@@ -103,7 +104,14 @@ def test_sources_render_and_repeat_as_the_mix_says(sft_build):
     tok = Tokenizer.from_file(str(TOKENIZER))
     tokens, masks = _rows(sft_build)
     answers = {tok.decode(r[m == 1].tolist(), skip_special_tokens=False) for r, m in zip(tokens, masks)}
-    assert {"B. Paris<|endoftext|>", "1+1 = \\boxed{2}<|endoftext|>", "Rayleigh scattering.<|endoftext|>"} <= answers
+    # o1-journey's longCOT is cut before "\n####" (Instella's scripts/prepare_sft_data.py `convert_o1journey`)
+    assert {"1+1 = \\boxed{2}<|endoftext|>", "Rayleigh scattering.<|endoftext|>"} <= answers
+    # MMLU in one of Instella's 11 templates, options shuffled, the answer naming the letter now holding "Paris"
+    (row,) = [r for r in tokens if "Capital of France?" in tok.decode(r.tolist())]
+    prompt = tok.decode(row.tolist())
+    letter = next(line[0] for line in prompt.splitlines() if line[1:] == ". Paris")
+    mmlu_answer = next(a for a in answers if a.endswith(f"{letter}.<|endoftext|>") and "boxed" not in a)
+    assert mmlu_answer[:-len("<|endoftext|>")] in {tpl.format(answer=letter) for _, tpl in MMLU_TEMPLATES}
     assert verify_build(sft_build) == []
 
 
@@ -125,6 +133,29 @@ def test_long_samples_are_truncated_and_answerless_windows_dropped(sft_hub, tmp_
     assert cut and all(length == 24 for _, length in cut)
     assert all(m.any() for m in masks)
     assert verify_build(out) == []
+
+
+def test_mmlu_follows_instellas_templates_and_shuffle():
+    """AMD-AIG-AIMA/Instella scripts/prepare_sft_data.py `convert_mmlu`: 11 templates, options shuffled, answers
+    such as "The correct answer is X."; the draw is fixed per record (any worker count), varied across records."""
+    assert len(MMLU_TEMPLATES) == 11
+    assert ("Choose the correct answer from the options below (A, B, C, or D):\nQuestion: {question}\nA. "
+            "{option_a}\nB. {option_b}\nC. {option_c}\nD. {option_d}", "The correct answer is {answer}.") \
+        in MMLU_TEMPLATES
+    assert MMLU_TEMPLATES[-1] == ("Question: {question}\nA. {option_a}\nB. {option_b}\nC. {option_c}\nD. "
+                                  "{option_d}", "{answer}.")
+    used, letters = set(), set()
+    for i in range(400):
+        rec = {"question": f"Q{i}?", "choices": ["w", "x", "y", "z"], "answer": i % 4}
+        turns = record_turns(rec, {"chat": "mmlu-instella", "seed": 96})
+        assert turns == record_turns(rec, {"chat": "mmlu-instella", "seed": 96})  # deterministic
+        (_, user), (_, answer) = turns
+        opts = dict(line.split(". ", 1) for line in user.splitlines()[-4:])
+        label = next(k for k, v in opts.items() if v == rec["choices"][rec["answer"]])
+        assert answer.endswith(f"{label}.") and sorted(opts.values()) == ["w", "x", "y", "z"]
+        used.add(answer[:-2])
+        letters.add(label)
+    assert len(used) == 11 and letters == set("ABCD")
 
 
 def test_chat_options_are_validated(tmp_path):

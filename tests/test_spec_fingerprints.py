@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import HUB, build
-from spec_fingerprints import RECORD, fingerprint, shipped_specs
+from spec_fingerprints import RECORD, build_fingerprint, shipped_specs
 
 RECORDED = json.loads(RECORD.read_text())
 
@@ -16,7 +15,7 @@ RECORDED = json.loads(RECORD.read_text())
 @pytest.mark.parametrize("name", shipped_specs())
 def test_shipped_spec_builds_byte_identical_to_its_recorded_fingerprint(name, tmp_path):
     assert name in RECORDED, f"{name}: no recorded fingerprint; run python tests/spec_fingerprints.py --record"
-    got = fingerprint(build(name, tmp_path / name / "build", workers=2), HUB)
+    got = build_fingerprint(name, tmp_path / name / "build", HUB, build)
     want = RECORDED[name]
     assert sorted(got) == sorted(want)
     changed = sorted(k for k in want if got[k] != want[k])

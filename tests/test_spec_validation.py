@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TOKENIZER
 from typer.testing import CliRunner
 
-from conftest import TOKENIZER
-from pipelines.errors import SpecError
 from pipelines.build.spec import available_specs, load_spec, parse_spec
+from pipelines.errors import SpecError
 
 RUNNER = CliRunner()
 

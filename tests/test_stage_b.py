@@ -12,10 +12,10 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
+from conftest import TOKENIZER, build
 from tokenizers import Tokenizer
 from typer.testing import CliRunner
 
-from conftest import TOKENIZER, build
 from pipelines.shards.verify import verify_build
 
 N_DOCS = 1500
@@ -53,9 +53,9 @@ sources:
 
 
 def plan_of(spec: Path, out: Path) -> list:
+    from pipelines.build.context import prepare
     from pipelines.build.options import BuildOptions
     from pipelines.build.run import plan_stages
-    from pipelines.build.context import prepare
     from pipelines.build.spec import load_spec
 
     return plan_stages(prepare(load_spec(str(spec)), BuildOptions(out=str(out), workers=3, progress=False)))
@@ -101,8 +101,8 @@ def test_batch_sizes_do_not_change_a_byte(one_worker: Path, corpus: Path, tmp_pa
     shard): tiny batches, several per file and per shard, must give the same build."""
     from pipelines.dedup import global_stages as dedup_stages
     from pipelines.pack import items
-    from pipelines.steps import intermediate
     from pipelines.shards import writer
+    from pipelines.steps import intermediate
 
     monkeypatch.setattr(intermediate, "INTERMEDIATE_ROW_GROUP", 37)  # stage-A rows per parquet row group
     monkeypatch.setattr(dedup_stages, "SIGN_RUN_DOCS", 50)  # documents per sorted dedup-sign run
@@ -238,8 +238,8 @@ def test_apply_decisions_reads_the_decisions_contract(tmp_path: Path):
     from pipelines.dedup.decisions import doc_key, write_decisions
     from pipelines.pack.items import ApplyDecisions
     from pipelines.pack.layout import StageBLayout
-    from pipelines.steps.tasks import FileTask
     from pipelines.steps.intermediate import WriteIntermediate
+    from pipelines.steps.tasks import FileTask
 
     work = tmp_path / "work"
     task = FileTask(source="s", path="f.jsonl", display="f.jsonl", fmt="jsonl", text_key="text", id_key="id", sample=2.0)

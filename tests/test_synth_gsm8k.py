@@ -10,11 +10,21 @@ import pytest
 
 from pipelines.synth.gsm8k.binding import Rejected
 from pipelines.synth.gsm8k.decontam import ngrams
-from pipelines.synth.gsm8k.parse import annotate_bare_calculations, check_solution, find_numbers, format_number
+from pipelines.synth.gsm8k.parse import (
+    annotate_bare_calculations,
+    check_solution,
+    find_numbers,
+    format_number,
+)
 from pipelines.synth.gsm8k.program import abstract
 from pipelines.synth.gsm8k.rewrite import render
 from pipelines.synth.gsm8k.sample import domain
-from pipelines.synth.gsm8k.symbolic import Context, SymbolicConfig, run_symbolic, synthesize_problem
+from pipelines.synth.gsm8k.symbolic import (
+    Context,
+    SymbolicConfig,
+    run_symbolic,
+    synthesize_problem,
+)
 
 N_PROBLEMS = 300  # the first 300 train problems: ~1 s per run; the full set is in bench/synth_gsm8k.py
 

@@ -12,15 +12,21 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
+from conftest import TOKENIZER, build
 from datatrove.data import Document
 from tokenizers import Tokenizer
 
-from conftest import TOKENIZER, build
 from pipelines.decontam.ngram import DecontamConfig, DecontamIndex, build_decontam_index
 from pipelines.dedup.signatures import DedupConfig, DedupSignatureStep, find_duplicates
 from pipelines.steps.tokenize import Tokenize
 from pipelines.synth.gsm8k.decontam import NgramIndex
-from pipelines.text import fold_exact, fold_tokens, fold_words, token_hashes_batch, word_hashes
+from pipelines.text import (
+    fold_exact,
+    fold_tokens,
+    fold_words,
+    token_hashes_batch,
+    word_hashes,
+)
 
 EOS, PAD, EMAIL = 0, 1, 50277  # ids in the Instella (GPT-NeoX-20B + PII) tokenizer
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TOKENIZER, build
 from tokenizers import Tokenizer
 
-from conftest import TOKENIZER, build
 from pipelines.build.spec import SpecError, load_spec
 from pipelines.steps.tokenize_modes import dolma_encode
 

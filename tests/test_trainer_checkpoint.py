@@ -13,8 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.checkpoint import (CheckpointError, checkpoint_dir, load_model_weights, load_rng_file, rng_state,
-                                set_rng_state)
+from trainer.checkpoint import (
+    CheckpointError,
+    checkpoint_dir,
+    load_model_weights,
+    load_rng_file,
+    rng_state,
+    set_rng_state,
+)
 from trainer.config import TrainConfig
 from trainer.metrics import read_metrics
 from trainer.train import train

@@ -13,8 +13,8 @@ import duckdb
 import numpy as np
 import pytest
 import torch
-
 from conftest import build
+
 from trainer.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

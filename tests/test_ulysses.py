@@ -10,11 +10,16 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
-from kernels.attention import varlen_attention
-from kernels.loss import linear_cross_entropy
-from kernels.rope import apply_rope, positions_from_cu_seqlens, rope_cos_sin
-from kernels.ulysses import head_to_seq, local_positions, seq_to_head, shard_tokens, ulysses_attention
+from midtrain.kernels.attention import varlen_attention
+from midtrain.kernels.loss import linear_cross_entropy
+from midtrain.kernels.rope import apply_rope, positions_from_cu_seqlens, rope_cos_sin
+from midtrain.kernels.ulysses import (
+    head_to_seq,
+    local_positions,
+    seq_to_head,
+    shard_tokens,
+    ulysses_attention,
+)
 
 T, H, D, V, WORLD = 24, 4, 8, 40, 2
 CU = torch.tensor([0, 5, 14, 15, 24], dtype=torch.int32)  # documents straddle the rank boundary at token 12

@@ -56,7 +56,9 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # Instella-3B: 36 layers, d 2560, 32 heads, FFN 6912, 4K context; stage-1 cosine peak 4e-4, warmup 2000
-    "instella-3b": Preset(ModelConfig(n_layers=36, d_model=2560, n_heads=32, ffn_dim=6912, seq_len=4096), 4e-4, 2000),
+    # RMSNorm eps 1e-5 as Instella (hf_instella/configuration_instella.py `rms_norm_eps`, OLMo LayerNorm eps)
+    "instella-3b": Preset(ModelConfig(n_layers=36, d_model=2560, n_heads=32, ffn_dim=6912, seq_len=4096,
+                                      norm_eps=1e-5), 4e-4, 2000),
     # ~1.2B-parameter sibling for single-GPU experiments
     "instella-1b": Preset(ModelConfig(n_layers=16, d_model=2048, n_heads=16, ffn_dim=5504, seq_len=4096), 4e-4, 2000),
     # CPU-sized presets for the benchmark, the demo and the tests
@@ -96,6 +98,9 @@ class TrainConfig:
     positions: str | None = None  # "document": RoPE positions restart per document; "absolute": position in the row
     attention: str | None = None  # "document" (default): no attention across documents; "causal": over the row
     rope_theta: float | None = None  # default: the build's rope_theta, else the preset's
+    # load-time mixing (trainer/mixing.py): {"builds": [every --data], "request": MixRequest.to_dict()}; None =
+    # train on `data` exactly as without mixing
+    mix: dict | None = None
     # model fidelity switches (default: the preset's / ours; recipes choose Instella's)
     init: str | None = None  # "normal" (ours) | "mitchell" (Instella)
     norm_eps: float | None = None  # RMSNorm eps (ours 1e-6, Instella 1e-5)
@@ -104,6 +109,7 @@ class TrainConfig:
     lr: float | None = None  # peak; default from the recipe, else the preset
     schedule: str | None = None  # default "cosine"
     warmup: int | None = None  # default: the recipe's, else the preset's capped at steps // 10
+    warmup_start: float | None = None  # warmup starts at this x peak; default: the recipe's (Instella 0.1), else 0
     final_lr_ratio: float | None = None  # lr at the last step = final_lr_ratio * peak (default 0.1)
     wsd_decay: float = 0.2  # WSD: fraction of steps spent decaying
     beta1: float | None = None
@@ -121,7 +127,8 @@ class TrainConfig:
     save_every: int = 0  # 0: only at the end
     resume: str | None = None  # run dir or checkpoint dir
     resume_step: int | None = None  # default: the latest checkpoint in `resume`
-    init_from: str | None = None  # weights only, fresh optimizer: run/checkpoint/merged dir, or "hf:DIR"
+    init_from: str | None = None  # weights (fresh optimizer unless keep_optimizer): run/checkpoint/merged dir, "hf:DIR"
+    keep_optimizer: bool | None = None  # with init_from: also its AdamW moments, step counter reset (Instella stage 2)
     export: bool = True  # write model.safetensors + config.json at the end
     # data integrity (issue 20)
     verify_data: bool = False  # re-hash every shard file against the manifest before training
@@ -131,6 +138,11 @@ class TrainConfig:
     plot: bool = True
     peak_tflops: float | None = None  # per device, for MFU; default from the GPU name, None on CPU
     progress: bool = True
+    # in-loop evaluation (trainer/evaluate.py): held-out bpb per source + downstream tasks
+    eval_every: int = 0  # evaluate every N steps and at the end; 0 with eval_tasks: only at the end
+    eval_tasks: str | None = None  # comma-separated task names (../shared/data/benchmarks) or JSONL paths
+    eval_limit: int = 200  # items per task
+    eval_max_tokens: int = 0  # per held-out source: its first documents up to this many tokens (0: all)
     extra: dict = field(default_factory=dict)  # free slot for extensions ("sp": Ulysses sequence parallelism)
 
     def __post_init__(self) -> None:
@@ -149,19 +161,24 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
-        for name in ("warmup", "weight_decay", "grad_clip", "final_lr_ratio"):
+        for name in ("warmup", "weight_decay", "grad_clip", "final_lr_ratio", "eval_every", "eval_limit",
+                     "eval_max_tokens"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
 
-    def to_json(self, path: str | Path, resolved: dict | None = None, build: dict | None = None) -> None:
+    def to_json(self, path: str | Path, resolved: dict | None = None, build: dict | None = None,
+                builds: dict | None = None) -> None:
         """Write the config; `resolved` (the settings the run actually used) and `build` (the fingerprint of the
-        build it trains on, trainer/integrity.py) are stored beside it for the record."""
+        build it trains on, trainer/integrity.py; `builds`: of every --data build of a mixed run) are stored beside
+        it for the record."""
         raw = asdict(self)
         if resolved is not None:
             raw["resolved"] = resolved
         if build is not None:
             raw["build"] = build
+        if builds is not None:
+            raw["builds"] = builds
         tmp = Path(str(path) + ".tmp")
         tmp.write_text(json.dumps(raw, indent=2))
         tmp.replace(path)

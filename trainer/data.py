@@ -129,6 +129,15 @@ class PackedDataset:
             return False
         return int(shard.index.covered[row]) <= lo
 
+    def real_tokens(self, unit: int) -> int:
+        """Tokens of the unit that are not padding (its row's segments cover them); reads an index only for shards
+        that hold padding."""
+        s, row, lo = self._locate(int(unit))
+        if self.info.shard_n_pad is not None and self.info.shard_n_pad[s] == 0:
+            return self.seq_len
+        covered = int(self.shards.get(s).index.covered[row])
+        return max(0, min(self.seq_len, covered - lo))
+
     def __getitem__(self, index: int) -> Sample:
         s, row, lo = self._locate(int(index))
         hi = lo + self.seq_len

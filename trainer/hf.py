@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +34,8 @@ import torch
 
 from pipelines.io import atomic_write_bytes
 from pipelines.shards.format import sha256_file
-from trainer.checkpoint import EXPORT_WEIGHTS, find_checkpoint, is_export, load_model_weights, read_model_config
+from trainer import hf_files
+from trainer.checkpoint import find_checkpoint, is_export, load_model_weights, read_model_config
 from trainer.ckpt_files import DiskFullError, disk_full_message, is_disk_full
 from trainer.config import ModelConfig
 
@@ -141,7 +143,7 @@ def model_config_to_hf_config(cfg: ModelConfig, fmt: str, dtype: str = "float32"
         "hidden_act": "silu", "max_position_embeddings": cfg.seq_len, "initializer_range": cfg.init_std,
         "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta, "rope_scaling": None,
         "attention_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": False, "use_cache": True,
-        "bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": pad_id, "torch_dtype": dtype,
+        "bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": pad_id, "dtype": dtype,
     }
     if fmt == "transformers":
         del config["rope_scaling"]  # transformers 5 warns on the (null) legacy field; absent means none in 4.x too
@@ -350,8 +352,10 @@ def resolve_export_tokenizer(run_or_checkpoint: str | Path, tokenizer: str | Pat
     return ExportTokenizer(path, eos, pad, source)
 
 
-def write_tokenizer(out: Path, tokenizer: ExportTokenizer, model_max_length: int) -> None:
-    """tokenizer.json + tokenizer_config.json + special_tokens_map.json, loadable by `AutoTokenizer` offline."""
+def write_tokenizer(out: Path, tokenizer: ExportTokenizer, model_max_length: int,
+                    chat_template: str | None = None) -> None:
+    """tokenizer.json + tokenizer_config.json + special_tokens_map.json, loadable by `AutoTokenizer` offline; with
+    `chat_template`, also chat_template.jinja (transformers 5) and the same template in tokenizer_config.json (4.x)."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer.path))
@@ -363,6 +367,11 @@ def write_tokenizer(out: Path, tokenizer: ExportTokenizer, model_max_length: int
     # when encoding: documents were tokenized without BOS and EOS only ends them.
     config = {"tokenizer_class": "GPTNeoXTokenizer", **specials, "add_bos_token": False, "add_eos_token": False,
               "clean_up_tokenization_spaces": False, "model_max_length": model_max_length}
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+        atomic_write_bytes(out / "chat_template.jinja", chat_template.encode())
+    elif (out / "chat_template.jinja").exists():  # a base model must not keep an earlier export's template
+        (out / "chat_template.jinja").unlink()
     atomic_write_bytes(out / "tokenizer_config.json", json.dumps(config, indent=2).encode())
 
 
@@ -380,16 +389,17 @@ def resolve_weights_dir(run_or_checkpoint: str | Path) -> Path:
 
 
 def export_hf(run_or_checkpoint: str | Path, out: str | Path, fmt: str = "transformers",
-              tokenizer: str | Path | None = None, dtype: str = "float32") -> Path:
-    """Write OUT/{config.json, model.safetensors, generation_config.json, tokenizer files} in `fmt`.
+              tokenizer: str | Path | None = None, dtype: str | None = None, chat_template: bool | None = None,
+              max_shard_size: str | int = hf_files.DEFAULT_MAX_SHARD) -> Path:
+    """Write OUT/{config.json, weights, generation_config.json, tokenizer files} in `fmt`.
 
     fmt "transformers": OlmoeForCausalLM with one expert (no remote code); "instella": Instella's released layout.
-    The tokenizer: `tokenizer`, else the run's build's, else Instella's (`resolve_export_tokenizer`)."""
-    from safetensors.torch import save_file
-
+    The tokenizer: `tokenizer`, else the run's build's, else Instella's (`resolve_export_tokenizer`). dtype: default
+    bfloat16 over 1B parameters, else float32. Weights over `max_shard_size` are sharded with an index. Chat
+    template (Instella's): with `chat_template`, or by default for SFT/DPO runs (trainer/hf_files.py)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    if dtype not in DTYPES:
+    if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     src = resolve_weights_dir(run_or_checkpoint)
     try:
@@ -398,6 +408,9 @@ def export_hf(run_or_checkpoint: str | Path, out: str | Path, fmt: str = "transf
         raise HFFormatError(f"{src}: no model config of this project (expected a run, a step-N checkpoint or an "
                             "export/merge dir)") from None
     tok = resolve_export_tokenizer(src, tokenizer)  # before the (large) weights: fail fast
+    dtype = dtype or hf_files.default_dtype(cfg.n_params())
+    if chat_template is None:
+        chat_template = hf_files.is_chat_run(src, _run_data(src))
     weights = load_model_weights(src)  # checked against the checkpoint's checksums
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -408,15 +421,12 @@ def export_hf(run_or_checkpoint: str | Path, out: str | Path, fmt: str = "transf
     stage.mkdir()
     try:
         state = {k: v.to(DTYPES[dtype]).cpu() for k, v in to_hf_state(weights, cfg, fmt).items()}
-        save_file(state, str(stage / EXPORT_WEIGHTS), metadata={"format": "pt"})
-        os.chmod(stage / EXPORT_WEIGHTS, 0o644)  # safetensors creates 0600; an evaluation checkpoint is shared
-        config = model_config_to_hf_config(cfg, fmt, dtype, eos_id=tok.eos_id, pad_id=tok.pad_id)
-        atomic_write_bytes(stage / "config.json", json.dumps(config, indent=2).encode())
+        hf_files.save_weights(stage, state, max_shard_size)  # 0644, sharded + index when large
         generation = {"bos_token_id": tok.eos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
         atomic_write_bytes(stage / "generation_config.json", json.dumps(generation, indent=2).encode())
-        write_tokenizer(stage, tok, cfg.seq_len)
-        if out.exists():  # a stale shard index would shadow the new single file
-            (out / "model.safetensors.index.json").unlink(missing_ok=True)
+        write_tokenizer(stage, tok, cfg.seq_len, hf_files.INSTELLA_CHAT_TEMPLATE if chat_template else None)
+        config = model_config_to_hf_config(cfg, fmt, dtype, eos_id=tok.eos_id, pad_id=tok.pad_id)
+        atomic_write_bytes(stage / "config.json", json.dumps(config, indent=2).encode())  # last: the export is whole
         _publish_dir(stage, out)
     except BaseException as e:
         shutil.rmtree(stage, ignore_errors=True)
@@ -439,13 +449,16 @@ def _run_data(src: Path) -> str | None:
     return None
 
 
+WEIGHT_FILE = re.compile(r"model(-\d+-of-\d+)?\.safetensors(\.index\.json)?")
+
+
 def _publish_dir(stage: Path, out: Path) -> None:
     """Make the finished `stage` directory `out` by renames: a reader sees the old export or the new one, never a
     mix. Files of an existing `out` that this export does not write are carried over."""
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     if out.exists():
-        for f in out.iterdir():
-            if not (stage / f.name).exists():
+        for f in out.iterdir():  # weights of an earlier export are never carried: a stale shard would shadow these
+            if not (stage / f.name).exists() and not WEIGHT_FILE.fullmatch(f.name):
                 os.replace(f, stage / f.name)
         os.replace(out, old)
     os.replace(stage, out)

@@ -56,7 +56,7 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def plot_loss(run: Path) -> Path | None:
-    records = read_metrics(run)
+    records = [r for r in read_metrics(run) if "loss" in r]  # eval rows have no training loss
     if not records:
         return None
     import matplotlib

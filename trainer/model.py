@@ -15,12 +15,12 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from kernels.attention import varlen_attention
-from kernels.loss import linear_cross_entropy
-from kernels.norm import rms_norm
-from kernels.rope import apply_rope, rope_cos_sin
-from kernels.swiglu import swiglu
-from kernels.ulysses import ulysses_attention
+from midtrain.kernels.attention import varlen_attention
+from midtrain.kernels.loss import linear_cross_entropy
+from midtrain.kernels.norm import rms_norm
+from midtrain.kernels.rope import apply_rope, rope_cos_sin
+from midtrain.kernels.swiglu import swiglu
+from midtrain.kernels.ulysses import ulysses_attention
 from trainer.config import ModelConfig
 
 

@@ -23,7 +23,8 @@ def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], eps
 class LRSchedule:
     """lr(step) for optimizer steps 1..total.
 
-    Linear warmup from 0 to `peak` over `warmup` steps, then
+    Linear warmup from `warmup_start` x peak (0 by default; OLMo/Instella start at 0.1 x peak, `instella/optim.py`
+    `Scheduler._linear_warmup`) to `peak` over `warmup` steps, then
     - cosine: half-cosine down to final_ratio * peak at `total` (Instella stage 1: peak 4e-4, warmup 2000, 0.1x);
     - linear: straight line down to final_ratio * peak (Instella stage 2: linear from 4e-5, final 0);
     - wsd: warmup, stable at peak, then linear decay over the last `decay_frac` of the steps (MiniCPM / WSD);
@@ -36,10 +37,12 @@ class LRSchedule:
     warmup: int = 0
     final_ratio: float = 0.1
     decay_frac: float = 0.2
+    warmup_start: float = 0.0
 
     def __call__(self, step: int) -> float:
         if self.warmup and step <= self.warmup:
-            return self.peak * step / self.warmup
+            start = self.warmup_start * self.peak
+            return start + (self.peak - start) * step / self.warmup
         final = self.peak * self.final_ratio
         if self.kind == "constant":
             return self.peak

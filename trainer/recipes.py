@@ -1,7 +1,14 @@
 """Instella's training stages as data, and the resolution of a run's settings (flags > recipe > build > defaults).
 
 A `Recipe` holds every number of one stage, taken from Instella's configs (github.com/AMD-AIG-AIMA/Instella,
-configs/instella-3b-*.yaml) and the Instella / Instella-Long reports. `resolve_settings` turns a `TrainConfig` (where
+configs/instella-3b-*.yaml on main, configs/instella-3b-long-*.yaml on the instella-long branch) and the Instella /
+Instella-Long reports.
+
+Batch arithmetic is sequence-parallel aware: Instella's `global_train_batch_size` counts one row per *rank*, and
+under sequence parallelism the `seq_parallel_size` ranks of a group read the same row (instella-long
+`instella/data/__init__.py` passes `replication=seq_parallel_size` to its dataset), so a step trains
+`global_batch / sp` distinct rows: long phase 2 is 128 / 4 = 32 rows x 256K = 8M tokens per step (the config's own
+comment: "128 *256K/4(seq_parallel_size)=8M tokens BS"). `resolve_settings` turns a `TrainConfig` (where
 `None` means "not given"), the recipe it names, the build and the world size into `RunSettings`: the exact values the
 run uses, each with where it came from. The batch is given in tokens per optimizer step and converted to
 micro-batch x grad-accum x data-parallel world for the hardware at hand; a conversion that is not exact is an error
@@ -19,7 +26,9 @@ INSTELLA_STAGE2_SEEDS = (5796, 6198, 8915)  # the three stage-2 runs averaged in
 
 @dataclass(frozen=True)
 class Recipe:
-    """One training stage. Row length and batch are in tokens; exactly one of steps / tokens / epochs is set."""
+    """One training stage. Row length in tokens, batch as Instella's `global_train_batch_size` (rows counted once
+    per rank, so a sequence-parallel group of `sp` ranks counts its shared row `sp` times); exactly one of
+    steps / tokens / epochs is set."""
 
     name: str
     about: str
@@ -28,7 +37,7 @@ class Recipe:
     warmup: int  # steps
     final_lr_ratio: float  # lr at the last step / peak (OLMo's alpha_f)
     seq_len: int  # tokens per row
-    batch_tokens: int  # tokens per optimizer step
+    global_batch: int  # Instella's global_train_batch_size (per-rank rows; replicated rows counted once per rank)
     steps: int | None = None
     tokens: int | None = None
     epochs: float | None = None
@@ -46,32 +55,90 @@ class Recipe:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     preset: str = "instella-3b"
+    warmup_start: float = 0.1  # warmup starts at this x peak (OLMo/Instella `optim.py` `_linear_warmup`: 0.1)
+    # --init-from keeps the previous stage's AdamW moments (Instella: `reset_trainer_state: true` without
+    # `reset_optimizer_state`), with the step counter and schedule starting anew
+    keep_optimizer: bool = False
+    objective: str = "lm"  # "lm": next-token loss; "dpo": preference pairs (trainer/dpo.py), a row = one pair
+    warmup_ratio: float | None = None  # warmup as a fraction of the steps (open-instruct: int(ratio x steps))
+    dpo_beta: float = 0.0
+    dpo_loss: str = ""
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.steps, self.tokens, self.epochs)) != 1:
             raise ValueError(f"recipe {self.name}: give exactly one of steps / tokens / epochs")
+        if self.global_batch % self.sp:
+            raise ValueError(f"recipe {self.name}: global batch {self.global_batch} is not a multiple of sp {self.sp}")
 
+    @property
+    def rows_per_step(self) -> int:
+        """Distinct rows per optimizer step (the ranks of one sequence-parallel group share a row)."""
+        return self.global_batch // self.sp
+
+    @property
+    def unit_tokens(self) -> int:
+        """Tokens of one batch unit: a row, or for DPO a pair of rows (chosen + rejected)."""
+        return self.seq_len * (2 if self.objective == "dpo" else 1)
+
+    @property
+    def batch_tokens(self) -> int:
+        """Distinct tokens per optimizer step."""
+        return self.rows_per_step * self.unit_tokens
+
+    @property
+    def total_tokens(self) -> int | None:
+        """Tokens of the whole stage when its duration is fixed (steps or tokens); None for epochs of a build."""
+        if self.steps is not None:
+            return self.steps * self.batch_tokens
+        return self.tokens
+
+    def describe(self) -> str:
+        """One line: batch and duration in tokens (what `cli.py recipes` and the start of a run print)."""
+        seq = (f"{self.rows_per_step} pairs x 2 x {self.seq_len:,}" if self.objective == "dpo" else
+               f"{self.rows_per_step} rows x {self.seq_len:,}")
+        if self.sp > 1:
+            seq = f"{self.global_batch}/{self.sp} (sp) = " + seq
+        total = self.total_tokens
+        dur = (f"{self.steps:,} steps = {total:,} tokens ({total / 1e9:.3g}B)" if self.steps is not None else
+               f"{self.tokens:,} tokens" if self.tokens is not None else
+               f"{self.epochs:g} epoch(s) of the build" + (f" (Instella: {self.instella_tokens})"
+                                                          if self.instella_tokens else ""))
+        return f"{self.name}: {self.batch_tokens:,} tokens/step ({seq}); {dur}"
+
+    @property
+    def instella_tokens(self) -> str:
+        return INSTELLA_EPOCH_TOKENS.get(self.name, "")
+
+
+# What one epoch of Instella's own data was (Instella report, Table 1 / §2): stage 1 4.07T, stage 2 57.5B tokens
+INSTELLA_EPOCH_TOKENS = {"instella-stage1": "4.07T tokens", "instella-stage2": "57.5B tokens"}
 
 K4, K64, K256 = 4_096, 65_536, 262_144
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("instella-stage1", "pre-training stage 1 (4.07T tokens of OLMoE-mix-0924)",
-           lr=4e-4, schedule="cosine", warmup=2000, final_lr_ratio=0.1, seq_len=K4, batch_tokens=1024 * K4,
+           lr=4e-4, schedule="cosine", warmup=2000, final_lr_ratio=0.1, seq_len=K4, global_batch=1024,
            epochs=1),
-    Recipe("instella-stage2", "pre-training stage 2 (57.6B tokens), three seeds averaged",
-           lr=4e-5, schedule="linear", warmup=0, final_lr_ratio=0.0, seq_len=K4, batch_tokens=1024 * K4,
-           epochs=1, seeds=INSTELLA_STAGE2_SEEDS),
+    Recipe("instella-stage2", "pre-training stage 2 (57.5B tokens), three seeds averaged",
+           lr=4e-5, schedule="linear", warmup=0, final_lr_ratio=0.0, seq_len=K4, global_batch=1024,
+           epochs=1, seeds=INSTELLA_STAGE2_SEEDS, keep_optimizer=True),
     Recipe("instella-long-phase1", "Instella-Long continued pre-training at 64K (RoPE θ from the build)",
-           lr=2e-5, schedule="linear", warmup=500, final_lr_ratio=0.001, seq_len=K64, batch_tokens=64 * K64,
+           lr=2e-5, schedule="linear", warmup=500, final_lr_ratio=0.001, seq_len=K64, global_batch=64,
            steps=5000, attention="document"),
     Recipe("instella-long-phase2", "Instella-Long continued pre-training at 256K",
-           lr=2e-5, schedule="linear", warmup=250, final_lr_ratio=0.001, seq_len=K256, batch_tokens=128 * K256,
-           steps=2500, sp=4, attention="document"),
+           lr=2e-5, schedule="linear", warmup=250, final_lr_ratio=0.001, seq_len=K256, global_batch=128,
+           steps=2500, sp=4, attention="document", keep_optimizer=True),
     Recipe("instella-long-sft", "Instella-Long SFT at 256K",
-           lr=4e-5, schedule="linear", warmup=13, final_lr_ratio=0.001, seq_len=K256, batch_tokens=64 * K256,
-           steps=250, sp=4, attention="document"),
+           lr=4e-5, schedule="linear", warmup=13, final_lr_ratio=0.001, seq_len=K256, global_batch=64,
+           steps=250, sp=4, attention="document", keep_optimizer=True),
     Recipe("instella-sft", "Instella-3B-SFT (3 epochs, loss on assistant tokens)",
-           lr=1e-5, schedule="linear", warmup=500, final_lr_ratio=0.001, seq_len=K4, batch_tokens=128 * K4,
+           lr=1e-5, schedule="linear", warmup=500, final_lr_ratio=0.001, seq_len=K4, global_batch=128,
            epochs=3),
+    # configs/instella-3b-dpo.yaml + scripts/dpo_tune.py (open-instruct): torch AdamW defaults (0.9, 0.999, 1e-8),
+    # weight decay 0, no clipping (clip_grad_norm -1), linear schedule warmed up from 0 over int(0.1 x steps)
+    Recipe("instella-dpo", "Instella-3B-Instruct: DPO (dpo_norm, β 5) on preference pairs from Instella-3B-SFT",
+           lr=5e-7, schedule="linear", warmup=0, final_lr_ratio=0.0, seq_len=2048, global_batch=128, epochs=1,
+           objective="dpo", warmup_ratio=0.1, warmup_start=0.0, beta2=0.999, weight_decay=0.0, grad_clip=0.0,
+           decay_norm=False, dpo_beta=5.0, dpo_loss="dpo_norm"),
 )}
 
 
@@ -107,9 +174,18 @@ class RunSettings:
     world: int
     micro_batch: int
     grad_accum: int
-    tokens_per_step: int
+    tokens_per_step: int  # distinct tokens per optimizer step (an SP group's shared row counted once)
     steps: int
+    warmup_start: float = 0.0  # warmup starts at warmup_start x lr (Instella: 0.1)
+    keep_optimizer: bool = False  # --init-from also restores the AdamW moments of that checkpoint
+    objective: str = "lm"  # "dpo": preference pairs, a batch unit (micro_batch) is a pair of rows
+    dpo_beta: float = 0.0
+    dpo_loss: str = ""
     source: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.steps * self.tokens_per_step
 
     @property
     def data_world(self) -> int:
@@ -121,7 +197,8 @@ class RunSettings:
 
     def table(self) -> str:
         """The resolved settings, one per line, with their origin (printed at the start of a run)."""
-        rows = [(k, v) for k, v in asdict(self).items() if k != "source"]
+        rows = [(k, v) for k, v in asdict(self).items() if k != "source"] + [("total_tokens", self.total_tokens)]
+        self.source.setdefault("total_tokens", "steps x tokens_per_step")
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"  {k:<{width}}  {_fmt(v):<12} {self.source.get(k, '')}" for k, v in rows)
 
@@ -176,20 +253,38 @@ def resolve_settings(cfg: TrainConfig, model: ModelConfig, build_seq_len: int, b
                          + ("; pass --sp 1 (or a divisor) to override the recipe" if source["sp"] != "flag" else ""))
     if seq_len % sp:
         raise ValueError(f"sequence parallelism {sp} must divide the row length {seq_len}")
-    micro_batch, grad_accum, tokens_per_step = _resolve_batch(cfg, recipe, seq_len, world // sp, source)
+    objective = recipe.objective if recipe is not None else "lm"
+    source["objective"] = f"recipe {recipe.name}" if recipe is not None else "default"
+    if objective == "dpo":
+        source["dpo_beta"] = source["dpo_loss"] = f"recipe {recipe.name}"
+    unit = seq_len * (2 if objective == "dpo" else 1)  # DPO: a unit of the batch is a (chosen, rejected) pair
+    micro_batch, grad_accum, tokens_per_step = _resolve_batch(cfg, recipe, unit, world // sp, source)
     steps = _resolve_steps(cfg, recipe, tokens_per_step, build_seq_len, build_rows, source)
     preset_name = effective_preset(cfg)
     preset = get_preset(preset_name) if preset_name else None
     lr = pick("lr", cfg.lr, preset.lr if preset else None)
     if lr is None:
         raise ValueError("no learning rate: pass --lr (or --recipe / --preset)")
-    if cfg.warmup is None and recipe is None:
+    if cfg.warmup is None and recipe is not None and recipe.warmup_ratio is not None:
+        warmup = int(steps * recipe.warmup_ratio)
+        source["warmup"] = f"recipe {recipe.name}: int({recipe.warmup_ratio:g} x {steps} steps)"
+    elif cfg.warmup is None and recipe is None:
         source["warmup"] = "default (preset's, at most steps/10)"
         warmup = min(preset.warmup if preset else 0, steps // 10)
     else:
         warmup = pick("warmup", cfg.warmup, 0)
         if warmup > steps:  # e.g. a recipe's 500 warmup steps on a short test run: the LR never reaches its peak
             source["warmup"] += f" (longer than the {steps} steps: peak LR never reached)"
+    warmup_start = pick("warmup_start", cfg.warmup_start, 0.0)
+    if not 0 <= warmup_start < 1:
+        raise ValueError(f"warmup start must be in [0, 1) x peak, got {warmup_start}")
+    keep_optimizer = bool(pick("keep_optimizer", cfg.keep_optimizer, False))
+    if cfg.keep_optimizer and not cfg.init_from:
+        raise ValueError("--keep-optimizer needs --init-from RUN (the run whose AdamW moments to keep)")
+    if not cfg.init_from:  # nothing to carry over: a run from scratch starts a fresh optimizer whatever the recipe
+        keep_optimizer = False
+        source["keep_optimizer"] = "no --init-from"
+    norm_eps = _resolve_norm_eps(cfg, model, model_source, pick, source)
     return RunSettings(
         recipe=recipe.name if recipe else None, seq_len=seq_len, rope_theta=float(rope_theta), lr=float(lr),
         schedule=pick("schedule", cfg.schedule, "cosine"), warmup=int(warmup),
@@ -199,9 +294,23 @@ def resolve_settings(cfg: TrainConfig, model: ModelConfig, build_seq_len: int, b
         grad_clip=float(pick("grad_clip", cfg.grad_clip, 1.0)), dtype=pick("dtype", cfg.dtype, "fp32"),
         attention=pick("attention", cfg.attention, "document"), positions=pick("positions", cfg.positions, "document"),
         init=pick("init", cfg.init, model.init, model_source),
-        norm_eps=float(pick("norm_eps", cfg.norm_eps, model.norm_eps, model_source)),
+        norm_eps=norm_eps,
         decay_norm=bool(pick("decay_norm", cfg.decay_norm, False)), sp=sp, world=world, micro_batch=micro_batch,
-        grad_accum=grad_accum, tokens_per_step=tokens_per_step, steps=steps, source=source)
+        grad_accum=grad_accum, tokens_per_step=tokens_per_step, steps=steps, warmup_start=float(warmup_start),
+        keep_optimizer=keep_optimizer, objective=objective, dpo_beta=float(recipe.dpo_beta if recipe else 0.0),
+        dpo_loss=recipe.dpo_loss if recipe else "", source=source)
+
+
+def _resolve_norm_eps(cfg: TrainConfig, model: ModelConfig, model_source: str, pick, source: dict) -> float:
+    """A checkpoint's architecture wins on --init-from: its RMSNorm eps is what its weights were trained with (a
+    recipe's eps does not replace it; an explicit --norm-eps that differs is an error, never a silent drift)."""
+    if not cfg.init_from:
+        return float(pick("norm_eps", cfg.norm_eps, model.norm_eps, model_source))
+    if cfg.norm_eps is not None and cfg.norm_eps != model.norm_eps:
+        raise ValueError(f"--norm-eps {cfg.norm_eps:g} contradicts the --init-from checkpoint's RMSNorm eps "
+                         f"{model.norm_eps:g}; leave out --norm-eps (the checkpoint's architecture is kept)")
+    source["norm_eps"] = model_source
+    return float(model.norm_eps)
 
 
 def _resolve_seq_len(cfg: TrainConfig, recipe: Recipe | None, build_seq_len: int, source: dict) -> int:

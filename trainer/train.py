@@ -15,13 +15,20 @@ from pathlib import Path
 
 import torch
 
+from trainer import carry, integrity, parallel
 from trainer import checkpoint as ckpt
-from trainer import integrity
-from trainer import parallel
 from trainer import sp as seqpar
 from trainer.config import ModelConfig, TrainConfig, get_preset
-from trainer.data import PackedDataset, StepLoader, read_build
+from trainer.data import PackedDataset, read_build
+from trainer.evaluate import make_evaluator, plot_eval
 from trainer.metrics import MetricsLog, peak_flops, plot_loss, step_flops
+from trainer.mixing import (
+    load_data_position,
+    make_loader,
+    mix_builds,
+    plan_for_run,
+    total_rows,
+)
 from trainer.model import Transformer
 from trainer.optim import LRSchedule, build_optimizer, set_lr
 from trainer.recipes import RunSettings, effective_preset, resolve_settings
@@ -30,10 +37,10 @@ HF_PREFIX = "hf:"  # --init-from hf:DIR reads a Hugging Face checkpoint through 
 
 
 def base_model_config(cfg: TrainConfig) -> tuple[ModelConfig, str]:
-    """The model before this run's settings: the preset, else the --init-from model's config; and where it came
-    from."""
-    name = effective_preset(cfg)
-    if name:
+    """The model before this run's settings: the --init-from checkpoint's own config (its architecture wins over
+    --preset, which must merely fit it), else the preset; and where it came from."""
+    if not cfg.init_from:
+        name = effective_preset(cfg)
         return get_preset(name).model, f"preset {name}"
     if cfg.init_from.startswith(HF_PREFIX):
         hf = _hf_module()
@@ -64,8 +71,10 @@ def _hf_module():
     return hf
 
 
-def build_model(mcfg: ModelConfig, cfg: TrainConfig, env: parallel.DistEnv, dtype: str | None = None) -> Transformer:
-    """Full init on CPU (same weights for any world size), meta-device init + sharded materialisation on GPU."""
+def build_model(mcfg: ModelConfig, cfg: TrainConfig, env: parallel.DistEnv, dtype: str | None = None,
+                init_weights: bool = True) -> Transformer:
+    """Full init on CPU (same weights for any world size), meta-device init + sharded materialisation on GPU;
+    then the --init-from weights unless `init_weights` is False (--keep-optimizer loads them with the moments)."""
     torch.manual_seed(cfg.seed)
     if env.device.type == "cuda":
         with torch.device("meta"):
@@ -82,7 +91,7 @@ def build_model(mcfg: ModelConfig, cfg: TrainConfig, env: parallel.DistEnv, dtyp
         model.to_empty(device=env.device)
         torch.manual_seed(cfg.seed)
         model.init_weights()
-    if cfg.init_from:
+    if cfg.init_from and init_weights:
         ckpt.load_full_weights(model, load_init_weights(cfg.init_from, mcfg))
     return model
 
@@ -92,8 +101,16 @@ def resolve_run(cfg: TrainConfig, world: int) -> tuple[RunSettings, ModelConfig]
     cannot run as asked. `cli.py train` calls this before launching anything, `train` again on every rank."""
     info = read_build(cfg.data)
     base, source = base_model_config(cfg)
-    settings = resolve_settings(cfg, base, info.seq_len, info.rope_theta, sum(n for _, n in info.shards), world,
-                                source)
+    rows = total_rows(mix_builds(cfg)) if cfg.mix else sum(n for _, n in info.shards)
+    settings = resolve_settings(cfg, base, info.seq_len, info.rope_theta, rows, world, source)
+    if cfg.mix:
+        plan_for_run(cfg, settings)  # a source too small for its weight fails here, before any process starts
+    if settings.keep_optimizer:  # fail before any process starts, not after the model is built
+        carry.check_compatible(carry.optimizer_checkpoint(cfg.init_from), settings.decay_norm)
+    if settings.objective == "dpo":
+        from trainer.dpo import check_dpo_run
+
+        check_dpo_run(cfg, settings)
     return settings, resolve_model_config(base, settings)
 
 
@@ -109,13 +126,13 @@ def train(cfg: TrainConfig) -> dict:
     return summary
 
 
-def pin_build(cfg: TrainConfig, seq_len: int, verify_data: bool) -> integrity.BuildFingerprint:
-    """The fingerprint of the build this run trains on, after the cheap checks of every file it will read (and a
+def pin_build(build: str, verify_data: bool) -> integrity.BuildFingerprint:
+    """The fingerprint of a build this run trains on, after the cheap checks of every file it will read (and a
     re-hash of all of them with `verify_data`); DataError naming the first damaged file."""
     if verify_data:
-        integrity.raise_problems(cfg.data, integrity.verify_build_data(cfg.data), "--verify-data:")
-    integrity.raise_problems(cfg.data, integrity.check_build_files(cfg.data, seq_len), "damaged build")
-    return integrity.build_fingerprint(cfg.data)
+        integrity.raise_problems(build, integrity.verify_build_data(build), "--verify-data:")
+    integrity.raise_problems(build, integrity.check_build_files(build, read_build(build).seq_len), "damaged build")
+    return integrity.build_fingerprint(build)
 
 
 def check_pinned(dataset: PackedDataset, fingerprint: integrity.BuildFingerprint) -> None:
@@ -130,10 +147,15 @@ def check_pinned(dataset: PackedDataset, fingerprint: integrity.BuildFingerprint
 def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
     run = Path(cfg.out)
     settings, mcfg = resolve_run(cfg, env.world)
-    build_seq_len = read_build(cfg.data).seq_len
-    # --verify-data hashes once per node (the CLI launcher has hashed already when it started this run)
-    fingerprint = pin_build(cfg, build_seq_len, cfg.verify_data and env.local_rank == 0
-                            and not os.environ.get("MIDTRAIN_DATA_VERIFIED"))
+    if settings.objective == "dpo":  # preference pairs and a frozen reference: trainer/dpo.py
+        from trainer.dpo import train_dpo
+
+        return train_dpo(cfg, env, settings, mcfg)
+    # every build of the run (several with --mix) is checked and pinned; --verify-data hashes once per node (the
+    # CLI launcher has hashed already when it started this run)
+    verify = cfg.verify_data and env.local_rank == 0 and not os.environ.get("MIDTRAIN_DATA_VERIFIED")
+    fingerprints = {b: pin_build(b, verify) for b in mix_builds(cfg)}
+    fingerprint = fingerprints[cfg.data]
     if cfg.resume:  # before any weight is read: a checkpoint resumes only on the build it trained on
         resume_path = ckpt.find_checkpoint(cfg.resume, cfg.resume_step)
         note = integrity.check_resume_build(ckpt.read_trainer_state(resume_path).get("build"), fingerprint,
@@ -142,33 +164,48 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
             warnings.warn(note, stacklevel=1)
     if env.is_main:
         run.mkdir(parents=True, exist_ok=True)
-        cfg.to_json(run / "train_config.json", resolved=settings.to_dict(), build=fingerprint.to_dict())
-    dataset = PackedDataset(cfg.data, mcfg.seq_len)  # pins the build's shard directories
-    check_pinned(dataset, fingerprint)
-    model = build_model(mcfg, cfg, env, settings.dtype)
+        resolved = settings.to_dict()
+        if cfg.mix:  # the mix as planned for this run (weights normalised, rows per source)
+            resolved["mix"] = plan_for_run(cfg, settings)[2].to_dict()
+        cfg.to_json(run / "train_config.json", resolved=resolved, build=fingerprint.to_dict(),
+                    **({"builds": {b: f.to_dict() for b, f in fingerprints.items()}} if cfg.mix else {}))
+    model = build_model(mcfg, cfg, env, settings.dtype, init_weights=not settings.keep_optimizer)
     spc = seqpar.init_sequence_parallel(settings.sp, env.rank, env.world)
     seqpar.enable_ulysses(model, spc)
     schedule = LRSchedule(settings.schedule, settings.lr, settings.steps, settings.warmup, settings.final_lr_ratio,
-                          cfg.wsd_decay)
+                          cfg.wsd_decay, settings.warmup_start)
     optimizer = build_optimizer(model, settings.lr, (settings.beta1, settings.beta2), settings.eps,
                                 settings.weight_decay, settings.decay_norm)
-    # ranks of one sequence-parallel group read the same rows
-    loader = StepLoader(dataset, cfg.seed, spc.data_rank(env.rank), spc.data_world(env.world), settings.micro_batch,
-                        settings.grad_accum, settings.positions, settings.attention)
+    if settings.keep_optimizer and not cfg.resume:  # on resume the run's own checkpoint holds both
+        path = carry.optimizer_checkpoint(cfg.init_from)
+        carry.check_compatible(path, settings.decay_norm)
+        from_step = carry.load_weights_and_optimizer(path, model, optimizer, (settings.beta1, settings.beta2),
+                                                     settings.eps, settings.weight_decay)
+        if env.is_main:
+            print(f"[train] weights and AdamW moments of {path} (step {from_step:,}); step counter reset", flush=True)
+    # ranks of one sequence-parallel group read the same rows; with --mix the loader interleaves per-source pools
+    loader = make_loader(cfg, settings, mcfg.seq_len, spc.data_rank(env.rank), spc.data_world(env.world))
+    datasets = loader.datasets if cfg.mix else [loader.ds]  # in the order of mix_builds(cfg)
+    for dataset, build in zip(datasets, fingerprints):  # the shard directories the loader holds are those pinned
+        check_pinned(dataset, fingerprints[build])
 
     start = 0
     if cfg.resume:
         path = ckpt.find_checkpoint(cfg.resume, cfg.resume_step)
         state = ckpt.load_checkpoint(path, model, optimizer, env.rank)
-        loader.load_state_dict(state["data"])
+        load_data_position(loader, state["data"], str(path))
         start = state["step"]
+    if cfg.mix and env.is_main:  # the plan (and what a resumed run already trained on) before the first step
+        loader.write_report(run / "mixture.json", start)
     log = MetricsLog(run, env.is_main, resume_step=start)
+    evaluator = make_evaluator(cfg, mcfg.seq_len, env)  # None unless --eval-every / --eval-tasks
     peak = peak_flops(env.device, cfg.peak_tflops)
     progress = _progress(env.is_main and cfg.progress)
     task = progress.add_task("train", total=settings.steps, completed=start, loss=float("nan")) if progress else None
     if env.is_main:
         name = cfg.preset or effective_preset(cfg) or "model of --init-from"
-        print(f"[train] {name}: {mcfg.n_params() / 1e6:.1f}M params, seed {cfg.seed}, {len(dataset):,} units, "
+        n_units = loader.n_units if cfg.mix else len(loader.ds)
+        print(f"[train] {name}: {mcfg.n_params() / 1e6:.1f}M params, seed {cfg.seed}, {n_units:,} units, "
               f"world {env.world} (sp {spc.size}), {loader.units_per_step} units/step; resolved settings:\n"
               f"{settings.table()}", flush=True)
 
@@ -182,11 +219,15 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
                 log.log(last)
             if progress:
                 progress.update(task, completed=step, loss=last["loss"])
+            if evaluator and evaluator.cfg.due(step, settings.steps):
+                log.log(evaluator(model, step))  # collective: every rank evaluates, rank 0 writes
             if (cfg.save_every and step % cfg.save_every == 0) or step == settings.steps:
                 state = {"step": step, "data": loader.state_dict(), "schedule": schedule.state_dict(),
                          "config": dataclasses.asdict(cfg), "settings": settings.to_dict(),
                          "model": dataclasses.asdict(mcfg), "build": fingerprint.to_dict()}
                 ckpt.save_checkpoint(ckpt.checkpoint_dir(run, step), model, optimizer, state, env.rank)
+                if cfg.mix and env.is_main:
+                    loader.write_report(run / "mixture.json", step)
     finally:
         if progress:
             progress.stop()
@@ -200,6 +241,7 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
                                                    "build": fingerprint.to_dict()})
     if env.is_main and cfg.plot:
         plot_loss(run)
+        plot_eval(run)
     return last
 
 

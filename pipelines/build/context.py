@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipelines.build.inputs import stage_a_code_version
 from pipelines.build.options import BuildOptions
-from pipelines.build.spec import MixtureSpec
+from pipelines.build.spec import MixtureSpec, planned_share
 from pipelines.dedup.copies import copies_enabled
 from pipelines.errors import SpecError
 from pipelines.read.registry import task_options
@@ -83,6 +83,9 @@ def prepare(spec: MixtureSpec, opts: BuildOptions) -> BuildContext:
     for s in spec.sources:
         resolved = resolve_source(source_map.apply(s.uri), opts.source_root)
         condition = "ok" if resolved.files else ("optional-missing" if s.optional else "no-files")
+        if not resolved.files and planned_share(s) is not None:  # a planned share never silently vanishes
+            raise SpecError(f"{spec.path}: source '{s.name}' carries a planned share ({planned_share(s):g}) but "
+                            f"matches no files ({s.uri}); fetch it (or fix the uri), or drop the source and its share")
         sources.append({"source": s.name, "uri": s.uri, "resolved": resolved.resolved, "sample": s.sample,
                         "n_files": len(resolved.files), "condition": condition, "planned_share": s.share})
         for f, rel, ident in zip(resolved.files, resolved.relative, resolved.identities):

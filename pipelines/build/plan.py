@@ -142,7 +142,7 @@ def estimate_source(name: str, files: list[str], fmt: str, text_key: str, sample
     if not files:
         est.note = "no files"
         return est
-    if fmt in ("mds", "chat"):  # read by pipelines/read/registry.py, not sampled here
+    if fmt in ("mds", "chat", "preference"):  # read by pipelines/read/registry.py, not sampled here
         est.note = f"no estimate for format {fmt}"
         return est
     tok_total = rec_total = byte_total = 0
@@ -202,3 +202,60 @@ def plan_build(ctx, stages: list[Stage]) -> BuildPlan:
     plan = BuildPlan(sources=sources, stages=[], token_bytes=token_bytes, extra={"target_tokens": ctx.spec.tokens})
     plan.stages = [estimate_stage(st, n_records, n_tokens, token_bytes) for st in stages]
     return plan
+
+
+@dataclass
+class VariantRow:
+    """One line of the side-by-side table: a source (or a setting) in two specs."""
+
+    what: str
+    a: str
+    b: str
+    diff: str = ""
+
+
+def measured_tokens(out) -> dict[str, int] | None:
+    """Tokens written per source by a finished build in `out` (its manifest's `composition`), None without one."""
+    from pathlib import Path
+
+    if not (Path(out) / "manifest.duckdb").exists():
+        return None
+    from pipelines.shards.reader import connect
+
+    con = connect(Path(out))
+    try:
+        return {s: int(n) for s, n in con.execute("SELECT source, n_tokens FROM composition").fetchall()}
+    finally:
+        con.close()
+
+
+def compare_variants(a_spec, a_plan: BuildPlan, b_spec, b_plan: BuildPlan, a_built: dict | None = None,
+                     b_built: dict | None = None) -> list[VariantRow]:
+    """Two specs side by side (faithful vs improved): per source the estimated tokens (and, when a build of each
+    exists, the tokens it wrote — the only place dedup / decontamination removals show), then the settings that
+    differ. `diff` is b - a."""
+    def fmt(n):
+        return "-" if n is None else f"{n:,}"
+
+    est_a = {s.source: s.est_tokens for s in a_plan.sources}
+    est_b = {s.source: s.est_tokens for s in b_plan.sources}
+    rows = []
+    for name in list(est_a) + [n for n in est_b if n not in est_a]:
+        ta, tb = est_a.get(name), est_b.get(name)
+        diff = f"{(tb or 0) - (ta or 0):+,}" if ta is not None or tb is not None else ""
+        if name not in est_a or name not in est_b:
+            diff += f" (only in {a_spec.name if name in est_a else b_spec.name})"
+        rows.append(VariantRow(name, fmt(ta), fmt(tb), diff))
+        if a_built is not None and b_built is not None:
+            ma, mb = a_built.get(name), b_built.get(name)
+            rows.append(VariantRow(f"  {name} (built)", fmt(ma), fmt(mb), f"{(mb or 0) - (ma or 0):+,}"))
+    total_a, total_b = a_plan.est_tokens, b_plan.est_tokens
+    rows.append(VariantRow("total (est.)", fmt(total_a), fmt(total_b), f"{total_b - total_a:+,}"))
+    if a_built is not None and b_built is not None:
+        ma, mb = sum(a_built.values()), sum(b_built.values())
+        rows.append(VariantRow("total (built)", fmt(ma), fmt(mb), f"{mb - ma:+,}"))
+    for key in ("dedup", "decontaminate", "tokens", "tokenization", "packing", "seq_len"):
+        va, vb = getattr(a_spec, key), getattr(b_spec, key)
+        if va != vb:
+            rows.append(VariantRow(key, "none" if va is None else str(va), "none" if vb is None else str(vb)))
+    return rows

@@ -45,6 +45,7 @@ from pipelines.build.inputs import input_changes, record_inputs
 from pipelines.build.lock import out_lock
 from pipelines.build.options import BuildOptions
 from pipelines.build.spec import MixtureSpec
+from pipelines.errors import OptionError
 from pipelines.io import parse_bytes
 from pipelines.pack.items import ApplyDecisions
 from pipelines.pack.layout import plan_layout
@@ -71,6 +72,14 @@ def stage_b_stages(ctx: BuildContext, decide: list[Stage]) -> list[Stage]:
     if lay.n_tasks:
         stages.append(Stage("documents", [ApplyDecisions(ctx, lay)], lay.n_tasks,
                             description=f"apply decisions to {lay.n_tasks} files"))
+        if lay.holdout:
+            from pipelines.pack.holdout import HoldoutConfig
+            from pipelines.shards.holdout import WriteHoldout
+
+            cfg = HoldoutConfig.from_spec(ctx.spec.holdout, ctx.spec.path)
+            stages.append(Stage("holdout", [WriteHoldout(ctx, lay, cfg)], 1,
+                                description=f"hold out up to {cfg.max_docs} documents per source "
+                                            f"(fraction {cfg.fraction:g})"))
         stages += pack_stages(ctx, lay)
         # a writer holds one chunk of rows (+ mask) and that chunk's plan segments (~100 B per segment)
         chunk_bytes = CHUNK_TOKENS * (token_dtype(ctx.vocab_size).itemsize + ctx.with_mask)
@@ -113,10 +122,10 @@ def stage_a_pipeline(ctx: BuildContext) -> list[PipelineStep]:
         )
 
         steps.append(DedupSignatureStep(DedupConfig.from_spec(ctx.spec.dedup)))
-    if any(s.format == "chat" for s in ctx.spec.sources):
+    if any(s.format in ("chat", "preference") for s in ctx.spec.sources):
         from pipelines.steps.chat_template import ChatTemplateTokenize
 
-        steps.append(ChatTemplateTokenize(ctx.tokenizer_path, ctx.eos_id, ctx.spec.seq_len))
+        steps.append(ChatTemplateTokenize(ctx.tokenizer_path, ctx.eos_id, ctx.spec.seq_len, ctx.pad_id))
     from pipelines.steps.tokenize_modes import tokenize_step
 
     steps += [
@@ -188,13 +197,22 @@ def dry_run(spec: MixtureSpec, opts: BuildOptions):
     from pipelines.build.plan import plan_build
 
     opts.check()
+    check_options_for_spec(spec, opts)
     ctx = prepare(spec, opts)
     return plan_build(ctx, plan_stages(ctx))
+
+
+def check_options_for_spec(spec: MixtureSpec, opts: BuildOptions) -> None:
+    """OptionError for flags this spec cannot take."""
+    if opts.max_tokens is not None and spec.packing.get("by_source", False):
+        raise OptionError("--max-tokens does not combine with by-source packing (the cap would cut whole sources in "
+                          "spec order); lower the sources' `sample:` instead")
 
 
 def build_mixture(spec: MixtureSpec, opts: BuildOptions) -> Path:
     """Run a whole build; returns the manifest path. Holds OUT/.lock throughout (one build per OUT at a time)."""
     opts.check()
+    check_options_for_spec(spec, opts)
     with out_lock(opts.out):
         from pipelines.shards.swap import recover_interrupted_swap
 

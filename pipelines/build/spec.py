@@ -66,11 +66,17 @@ class MixtureSpec:
     decontaminate: dict[str, Any] | None = None
     tokens: float | None = None  # target tokens of the stage (e.g. 58e9), with per-source `share:`
     tokenization: str = "default"  # "dolma": dolma-tokens-compatible text handling (pipelines/steps/tokenize_modes.py)
+    holdout: dict[str, Any] | None = None  # {fraction, max_docs}: documents held out per source (pipelines/pack/holdout.py)
+    variant_of: str | None = None  # the spec this one improves on (stage2-clean: stage2); --dry-run prints both
     path: str = ""  # where the spec was loaded from (not part of the hash)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("path")
+        if d["holdout"] is None:  # absent: the spec (and its hash) reads as before the key existed
+            d.pop("holdout")
+        if d["variant_of"] is None:  # absent: the hash of every spec without the key stays what it was
+            d.pop("variant_of")
         return d
 
     @property
@@ -114,6 +120,14 @@ class MixtureSpec:
         mode = self.packing.get("mode", "concat")
         if mode not in MODES:
             raise SpecError(f"{self.path}: field 'packing': unknown packing mode {mode!r}; available: {sorted(MODES)}")
+        preference = [s.name for s in self.sources if s.format == "preference"]
+        if (mode == "preference") != bool(preference) or (preference and len(preference) != len(self.sources)):
+            raise SpecError(f"{self.path}: field 'packing': mode 'preference' (chosen/rejected row pairs) and sources "
+                            "of format 'preference' go together: every source of a preference build is a preference "
+                            "source, and such sources need `packing: {mode: preference, loss_mask: true}`")
+        if mode == "preference" and not self.packing.get("loss_mask"):
+            raise SpecError(f"{self.path}: field 'packing.loss_mask' must be true with mode 'preference' (the DPO "
+                            "loss reads only the final assistant turn)")
         spec_dir = Path(self.path).parent if self.path else Path.cwd()
         for key in ("dedup", "decontaminate"):
             if getattr(self, key) is None:
@@ -159,7 +173,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "sources": (list,), "description": (str,), "eos_id": (int,), "pad_id": (int,), "rope_theta": (int, float),
     "seed": (int,), "shard_tokens": (int,), "dedup": (dict,), "decontaminate": (dict,),
     "share": (int, float), "fetch": (dict,), "filter": (dict,), "tokens": (int, float, str),
-    "tokenization": (str,),
+    "tokenization": (str,), "holdout": (dict,), "variant_of": (str,),
 }
 
 
@@ -178,7 +192,7 @@ def _validate_mapping(where: str, raw: Any, cls) -> dict[str, Any]:
         raise SpecError(f"{where}: missing required field(s) {missing}")
     for key, value in raw.items():
         if value is None and key in ("dedup", "decontaminate", "eos_id", "pad_id", "share", "fetch", "filter",
-                                     "tokens") + (("packing",) if cls is SourceSpec else ()):
+                                     "tokens", "holdout", "variant_of") + (("packing",) if cls is SourceSpec else ()):
             continue
         _check_type(where, key, value, _TYPES[key])
     return dict(raw)
@@ -213,7 +227,20 @@ def _check_source(where: str, s: dict[str, Any]) -> SourceSpec:
     for key in ("text_key", "id_key"):
         if key in s and not s[key]:
             raise SpecError(f"{where}: field '{key}' must not be empty")
+    if s.get("optional") and planned_share(s) is not None:
+        raise SpecError(f"{where}: a source with a planned share ({planned_share(s):g}) cannot be 'optional': its "
+                        "missing files would silently shrink the mix; drop 'optional' (missing files are then an "
+                        "error) or the share")
     return SourceSpec(**{**s, "sample": float(sample)})
+
+
+def planned_share(source: dict[str, Any] | SourceSpec) -> float | None:
+    """A source's planned share of the mix: spec `share:`, or a packer's `options.share` (long-context specs)."""
+    get = source.get if isinstance(source, dict) else lambda k, d=None: getattr(source, k, d)
+    share = get("share")
+    if share is None:
+        share = (get("options") or {}).get("share")
+    return None if share is None else float(share)
 
 
 def parse_spec(raw: Any, path: str = "<spec>") -> MixtureSpec:
@@ -225,6 +252,15 @@ def parse_spec(raw: Any, path: str = "<spec>") -> MixtureSpec:
         raise SpecError(f"{path}: field 'packing.mode' must be a string, got {data['packing']['mode']!r}")
     if not isinstance(data.get("packing", {}).get("loss_mask", False), bool):
         raise SpecError(f"{path}: field 'packing.loss_mask' must be true or false, got {data['packing']['loss_mask']!r}")
+    by_source = data.get("packing", {}).get("by_source", False)
+    if not isinstance(by_source, bool):
+        raise SpecError(f"{path}: field 'packing.by_source' must be true or false, got {by_source!r}")
+    if by_source and data["packing"].get("mode", "concat") != "concat":
+        raise SpecError(f"{path}: field 'packing.by_source' applies to mode concat only, got mode "
+                        f"{data['packing']['mode']!r}")
+    from pipelines.pack.holdout import HoldoutConfig
+
+    HoldoutConfig.from_spec(data.get("holdout"), path)
     if data.get("tokenization", "default") not in TOKENIZATIONS:
         raise SpecError(f"{path}: field 'tokenization' must be one of {list(TOKENIZATIONS)}, got {data['tokenization']!r}")
     if data["seq_len"] <= 0:
@@ -257,6 +293,15 @@ def parse_spec(raw: Any, path: str = "<spec>") -> MixtureSpec:
 
 def available_specs() -> list[str]:
     return sorted(p.stem for p in MIXTURES_DIR.glob("*.yaml"))
+
+
+def related_specs(spec: MixtureSpec) -> list[str]:
+    """The shipped specs `spec` is a variant of, or that are variants of it (`variant_of:`), for --dry-run."""
+    names = [spec.variant_of] if spec.variant_of else []
+    for name in available_specs():
+        if name != spec.name and name not in names and load_spec(name).variant_of == spec.name:
+            names.append(name)
+    return names
 
 
 def load_spec(name_or_path: str) -> MixtureSpec:

@@ -16,7 +16,8 @@ from pipelines import _logging  # noqa: F401  (quiet datatrove console in every 
 from pipelines.dedup.copies import copy_token_counts
 from pipelines.dedup.decisions import decisions_path, doc_key, read_decisions
 from pipelines.io import write_parquet
-from pipelines.pack.layout import ITEM_SCHEMA, StageBLayout, sort_keys
+from pipelines.pack.holdout import CANDIDATE_SCHEMA, HoldoutConfig, candidates, smallest_per_source
+from pipelines.pack.layout import ITEM_SCHEMA, StageBLayout, by_source_keys, sort_keys
 from pipelines.shards.format import TABLES
 from pipelines.steps.intermediate import intermediate_paths
 
@@ -49,6 +50,7 @@ class ApplyDecisions(PipelineStep):
         self.shuffle = bool(ctx.spec.packing.get("shuffle", True))
         self.source_index = {s["source"]: i for i, s in enumerate(ctx.sources)}
         self.mode = ctx.spec.packing.get("mode", "concat")
+        self.holdout = HoldoutConfig.from_spec(ctx.spec.holdout, ctx.spec.path) if layout.holdout else None
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         """Row group by row group (memory bounded by a batch of rows, whatever the file size); only the pack items
@@ -63,10 +65,12 @@ class ApplyDecisions(PipelineStep):
         os.makedirs(os.path.dirname(docs_tmp), exist_ok=True)
         os.makedirs(os.path.dirname(contam_tmp), exist_ok=True)
         items: list[pa.Table] = []
+        held = CANDIDATE_SCHEMA.empty_table()  # holdout candidates: at most max_docs per source at any time
+        columns = list(APPLY_COLUMNS) + (["n_bytes"] if "n_bytes" in pf.schema_arrow.names else [])
         row0 = 0
         with pq.ParquetWriter(docs_tmp, DOC_PART_SCHEMA) as docs_out, \
                 pq.ParquetWriter(contam_tmp, TABLES["contamination"]) as contam_out:
-            columns = [*APPLY_COLUMNS, *(["copy_of"] if "copy_of" in pf.schema_arrow.names else [])]
+            columns += ["copy_of"] if "copy_of" in pf.schema_arrow.names else []
             for batch in pf.iter_batches(batch_size=APPLY_BATCH_ROWS, columns=columns):
                 docs = self._copies_token_counts(pa.Table.from_batches([batch]))
                 lo, hi = np.searchsorted(dec_idx, [row0, row0 + docs.num_rows])
@@ -81,9 +85,15 @@ class ApplyDecisions(PipelineStep):
                 if contamination.num_rows:
                     contam_out.write_table(contamination)
                 items.append(self._items(docs, part["key"].to_numpy(), doc_id, status, n_copies))
+                if self.holdout is not None:
+                    found = candidates(self.holdout, self.seed, docs, part["key"].to_numpy(), doc_id,
+                                       (status == "kept") & (n_copies > 0))
+                    held = smallest_per_source(pa.concat_tables([held, found]), self.holdout.max_docs)
                 row0 += docs.num_rows
         os.replace(docs_tmp, lay.part("documents", rank))
         os.replace(contam_tmp, lay.part("contamination", rank))
+        if self.holdout is not None:
+            write_parquet(lay.part("holdout_candidates", rank), held)
         table = pa.concat_tables(items) if items else ITEM_SCHEMA.empty_table()
         table = table.sort_by([("sort_key", "ascending"), ("key", "ascending"), ("copy", "ascending")])
         write_parquet(lay.part("items", rank), table, row_group_size=65536)
@@ -173,6 +183,8 @@ class ApplyDecisions(PipelineStep):
         copy = np.arange(len(rep)) - np.repeat(np.cumsum(copies) - copies, copies)
         k = keys[kept][rep]
         sk = sort_keys(self.seed, k, copy) if self.shuffle else k.astype(np.uint64)
+        if self.layout.by_source:  # source by source, so that rows can be cut without mixing sources
+            sk = by_source_keys(sk, source[rep])
         cols = {"sort_key": sk, "key": k, "copy": copy, "n_copies": copies[rep], "n_tokens": n_tok[rep],
                 "offset": offset[rep], "source": source[rep], "doc_id": ids[rep], "line": line[rep]}
         return pa.table(cols, schema=ITEM_SCHEMA)

@@ -32,6 +32,8 @@ class StageBLayout:
     n_partitions: int  # pack partitions (ranges of the items' sort keys), each with its plan part
     n_writers: int
     concat: bool
+    by_source: bool = False  # concat rows never mix sources (spec `packing.by_source`)
+    holdout: bool = False  # documents are held out (spec `holdout:`), chosen by the holdout stage
 
     @property
     def root(self) -> str:
@@ -62,7 +64,8 @@ def plan_layout(ctx: BuildContext) -> StageBLayout:
     partitions = max(ctx.opts.workers, by_size) if concat else by_size
     return StageBLayout(work_dir=ctx.work_dir, out=str(ctx.out), n_tasks=len(ctx.tasks),
                         n_partitions=min(partitions, 4096), n_writers=min(max(partitions, ctx.opts.workers), 4096),
-                        concat=concat)
+                        concat=concat, by_source=concat and bool(ctx.spec.packing.get("by_source", False)),
+                        holdout=ctx.spec.holdout is not None)
 
 
 # Pack items: one row per document copy (concat) or per document (long / sft), lengths and addresses only.
@@ -77,6 +80,16 @@ ITEM_SCHEMA = pa.schema([
     ("doc_id", pa.string()),
     ("line", pa.int64()),        # line / row / sample in its input file (mds-rows keeps an MDS sample's documents together)
 ])
+
+
+SOURCE_BITS = 16  # by-source packing: the source index in the top bits of the sort key (up to 65,536 sources)
+
+
+def by_source_keys(sort_key: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Sort keys that order the items source by source (source index first), each source in its own shuffled order:
+    concatenated, every source's tokens are contiguous."""
+    shift = np.uint64(64 - SOURCE_BITS)
+    return (source.astype(np.uint64) << shift) | (sort_key.astype(np.uint64) >> np.uint64(SOURCE_BITS))
 
 
 def sort_keys(seed: int, keys: np.ndarray, copies: np.ndarray) -> np.ndarray:

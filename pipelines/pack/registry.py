@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pipelines.pack.base import PackInput, PackResult
 from pipelines.pack.long import pack_long, pack_sft
 from pipelines.pack.mds_rows import pack_mds_rows
+from pipelines.pack.preference import pack_preference_pairs
 from pipelines.pack.sft_4k import pack_sft_rows
 
 PACKERS: dict[str, Callable[[PackInput], PackResult]] = {
@@ -18,6 +19,7 @@ PACKERS: dict[str, Callable[[PackInput], PackResult]] = {
     "sft": pack_sft,  # long-context SFT: conversations packed into long rows, answer-only loss mask
     "sft-4k": pack_sft_rows,  # Instella-3B-SFT: one conversation per row
     "mds-rows": pack_mds_rows,  # pre-packed MDS rows kept as they were
+    "preference": pack_preference_pairs,  # DPO: pair k = rows 2k (chosen), 2k+1 (rejected)
 }
 MODES: tuple[str, ...] = ("concat", *PACKERS)
 

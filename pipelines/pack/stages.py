@@ -24,7 +24,8 @@ def pack_stages(ctx: BuildContext, lay: StageBLayout) -> list[Stage]:
                   description=f"sort {lay.n_partitions} partition(s) of the global order",
                   memory_bytes=ITEMS_PER_PARTITION * ITEM_BYTES),
             Stage("cut_rows", [CutRows(lay, ctx.spec.seq_len, ctx.opts.max_tokens)], lay.n_partitions,
-                  description="cut rows", memory_bytes=ITEMS_PER_PARTITION * ITEM_BYTES),
+                  description="cut rows, source by source (no row mixes sources)" if lay.by_source else "cut rows",
+                  memory_bytes=ITEMS_PER_PARTITION * ITEM_BYTES),
         ]
     get_packer(ctx.spec.packing.get("mode", "concat"))  # an unknown mode fails before any stage runs (KeyError)
     return [

@@ -2,7 +2,8 @@
 
 FORMATS are read by `formats.iter_records` (the container — JSON lines plain/gz/zst, parquet, a JSON array — is
 inferred from the file name; renderers in `renderers.py`). EXTRA_FORMATS have readers of their own: `mds`
-(pre-tokenized, `mds_source.py`) and `chat` (turns for Instella's SFT template, `chat.py`); `ReadSourceFile`
+(pre-tokenized, `mds_source.py`), `chat` (turns for Instella's SFT template, `chat.py`) and `preference` (DPO
+pairs of chosen / rejected message lists, `chat.py`); `ReadSourceFile`
 dispatches to them through `read_extra`, and spec validation checks their `options` through
 `validate_source_options`. To add a format: a renderer in renderers.py (text formats), or a reader module here plus an
 entry in EXTRA_FORMATS and `read_extra`."""
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 from pipelines.read.renderers import RENDERERS
 
 FORMATS: tuple[str, ...] = ("text", "messages", "conversations", "question_answer", *RENDERERS)
-EXTRA_FORMATS: tuple[str, ...] = ("mds", "chat")
+EXTRA_FORMATS: tuple[str, ...] = ("mds", "chat", "preference")
 
 if TYPE_CHECKING:  # steps imports datatrove; spec validation must stay light
     from pipelines.read.formats import Record
@@ -36,6 +37,10 @@ def validate_source_options(where: str, fmt: str, options: dict) -> None:
         from pipelines.read.chat import validate_chat_options
 
         validate_chat_options(where, options)
+    elif fmt == "preference":
+        from pipelines.read.chat import validate_preference_options
+
+        validate_preference_options(where, options)
 
 
 def task_options(spec, source, build_tokenizer: str) -> dict | None:
@@ -68,6 +73,10 @@ def read_extra(task: "FileTask") -> "Iterator[Record]":
         from pipelines.read.mds_source import iter_mds_records
 
         return iter_mds_records(task.path, task.source, options)
+    if task.fmt == "preference":
+        from pipelines.read.chat import iter_preference_records
+
+        return iter_preference_records(task.path, task.id_key, options)
     from pipelines.read.chat import iter_chat_records
 
     return iter_chat_records(task.path, task.id_key, options)

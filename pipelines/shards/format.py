@@ -49,6 +49,18 @@ def mask_path_of(shard: str | Path) -> Path:
     return Path(str(shard).removesuffix(".npy") + ".mask.npy")
 
 
+HOLDOUT_DIR = "holdout"  # OUT/holdout/<source>.npy + <source>.idx.parquet: documents held out of training
+
+
+def holdout_name(source: str) -> str:
+    """`<source>.npy`: 1-D, the build's token dtype, every held-out document's tokens followed by EOS."""
+    return f"{source}.npy"
+
+
+def holdout_index_name(source: str) -> str:
+    return f"{source}.idx.parquet"
+
+
 # Per-shard index (`shard-NNNNN.idx.arrow`, Arrow IPC file): one row per segment, sorted by (row, start).
 INDEX_SCHEMA = pa.schema([
     ("doc_id", pa.string()),
@@ -58,6 +70,15 @@ INDEX_SCHEMA = pa.schema([
     ("length", pa.int64()),
     ("copy", pa.int32()),        # which repeat of the document (sample rate > 1)
     ("doc_start", pa.int64()),   # offset of the segment's first token inside the document (+ EOS)
+])
+
+# Index of a held-out file (`holdout/<source>.idx.parquet`): one row per document, in the order of the .npy.
+HOLDOUT_INDEX_SCHEMA = pa.schema([
+    ("doc_id", pa.string()),
+    ("start", pa.int64()),       # offset of the document's first token in the .npy
+    ("length", pa.int64()),      # its tokens, EOS included
+    ("n_chars", pa.int64()),     # characters of its text
+    ("n_bytes", pa.int64()),     # UTF-8 bytes of its text (for bits per byte)
 ])
 
 # Manifest tables: name -> Arrow schema (DuckDB column types follow). Views are listed in VIEWS.
@@ -101,7 +122,15 @@ TABLES: dict[str, pa.Schema] = {
     "contamination": pa.schema([
         ("doc_id", pa.string()), ("benchmark", pa.string()), ("item_id", pa.string()), ("n_matches", pa.int64()),
     ]),
+    # only in builds whose spec has `holdout:`; one row per source with held-out documents
+    "holdout": pa.schema([
+        ("source", pa.string()), ("path", pa.string()), ("n_docs", pa.int64()), ("n_tokens", pa.int64()),
+        ("n_bytes", pa.int64()), ("sha256", pa.string()),
+    ]),
 }
+
+# tables a build has only when its spec asks for them (`holdout:`); every other table is in every build
+OPTIONAL_TABLES = ("holdout",)
 
 # Reasons that mean "the document was fine but not (fully) used": it still counts toward a source's available data
 # when computing epochs.
@@ -147,10 +176,19 @@ FROM sources src JOIN composition c USING (source)
 ORDER BY src.source
 """,
 }
+# shards holding one source only: every shard of a by-source build (its per-source token pools, for `train --mix`)
+VIEWS["source_shards"] = """
+CREATE VIEW source_shards AS
+SELECT s.path AS shard, min(x.source) AS source, s.n_rows, s.n_tokens, s.n_pad
+FROM shards s JOIN shard_sources x ON x.shard = s.path AND x.n_tokens > 0
+GROUP BY s.path, s.n_rows, s.n_tokens, s.n_pad HAVING count(*) = 1
+ORDER BY s.path
+"""
 VIEW_COLUMNS: dict[str, tuple[str, ...]] = {
     "composition": ("source", "n_docs", "n_tokens", "share", "epochs"),
     "padding": ("source", "n_tokens", "n_pad", "pad_fraction"),
     "share_plan": ("source", "planned_share", "achieved_share", "planned_tokens", "achieved_tokens"),
+    "source_shards": ("shard", "source", "n_rows", "n_tokens", "n_pad"),
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ from pipelines.pack.layout import StageBLayout
 from pipelines.shards.format import (
     ELIGIBLE_REASONS,
     FORMAT_VERSION,
+    HOLDOUT_DIR,
     MANIFEST,
     TABLES,
     VIEWS,
@@ -88,6 +90,8 @@ class WriteManifest(PipelineStep):
         next_shards = Path(self.lay.next_shards)
         next_shards.mkdir(parents=True, exist_ok=True)
         self._remove_strays(next_shards)
+        if not self.lay.holdout:  # a failed earlier build's held-out files are not this build's
+            shutil.rmtree(out / (HOLDOUT_DIR + ".next"), ignore_errors=True)
         swap_in(out)
         return iter(())
 
@@ -146,6 +150,8 @@ class WriteManifest(PipelineStep):
             LEFT JOIN (SELECT key AS survivor, doc_id FROM d WHERE key IN (SELECT duplicate_of_key FROM d)) s
               ON s.survivor = d.duplicate_of_key
             ORDER BY d.key""")
+        if lay.holdout:
+            self._holdout(con)
         self._create(con, "segments", written("segments"), "SELECT * FROM PARTS")
         self._create(con, "shards", written("shards"), "SELECT * FROM PARTS")
         self._create(con, "shard_sources", written("sources"), "SELECT * FROM PARTS")
@@ -183,6 +189,26 @@ class WriteManifest(PipelineStep):
         con.execute("DROP TABLE outcome")
         # last: the digest of every table as written, so `verify` notices any later edit
         con.execute("UPDATE build SET tables_sha256 = ?", [json.dumps(table_digests(con), sort_keys=True)])
+
+    def _holdout(self, con) -> None:
+        """Held-out documents get status 'holdout' (they are in no row: the pack stage left them out) and the
+        `holdout` table lists their files (pipelines/shards/holdout.py)."""
+        from pipelines.pack.holdout import HOLDOUT_REASON, HOLDOUT_STATUS, HoldoutConfig, held_out_path
+        from pipelines.shards.holdout import holdout_rows, holdout_rows_path
+
+        lay = self.lay
+        rows = holdout_rows(lay) if os.path.exists(holdout_rows_path(lay)) else []  # no input files: no stage
+        con.register("holdout_in", pa.Table.from_pylist(rows, schema=TABLES["holdout"]))
+        con.execute("CREATE TABLE holdout AS SELECT * FROM holdout_in ORDER BY source")
+        con.unregister("holdout_in")
+        if not rows:
+            return
+        cfg = HoldoutConfig.from_spec(self.ctx.spec.holdout, self.ctx.spec.path)
+        why = f" (holdout fraction {cfg.fraction:g}, max_docs {cfg.max_docs} per source)"
+        con.execute(f"""
+            UPDATE documents SET status = '{HOLDOUT_STATUS}', reason = '{HOLDOUT_REASON}', n_copies = 0,
+                   detail = '{HOLDOUT_DIR}/' || source || '.npy' || ?
+            WHERE key IN (SELECT key FROM read_parquet({_files([held_out_path(lay)])}))""", [why])
 
     def _build_row(self) -> dict:
         ctx = self.ctx

@@ -19,7 +19,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.shards.format import DIGESTED_TABLES, index_path_of, mask_path_of, sha256_file, table_digests
+import pyarrow.parquet as pq
+
+from pipelines.shards.format import (
+    DIGESTED_TABLES,
+    HOLDOUT_INDEX_SCHEMA,
+    holdout_index_name,
+    index_path_of,
+    mask_path_of,
+    sha256_file,
+    table_digests,
+)
 from pipelines.shards.reader import connect
 from pipelines.shards.swap import recover_interrupted_swap
 
@@ -102,11 +112,12 @@ def verify_build(out: str | Path, workers: int | None = None) -> list[str]:
             for found in pool.map(_check_block, blocks):
                 problems += found
 
-    n_docs, n_kept, n_dropped = con.execute(
-        "SELECT count(*), count(*) FILTER (WHERE status='kept'), count(*) FILTER (WHERE status='dropped') FROM documents"
-    ).fetchone()
-    if n_docs != n_kept + n_dropped:
-        problems.append(f"documents: {n_docs} read != {n_kept} kept + {n_dropped} dropped")
+    n_docs, n_kept, n_dropped, n_held = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE status='kept'), count(*) FILTER (WHERE status='dropped'), "
+        "count(*) FILTER (WHERE status='holdout') FROM documents").fetchone()
+    if n_docs != n_kept + n_dropped + n_held:
+        problems.append(f"documents: {n_docs} read != {n_kept} kept + {n_dropped} dropped + {n_held} held out")
+    problems += check_holdout(out, con, n_held)
     total_tokens, total_pad = con.execute(
         "SELECT coalesce(sum(n_tokens), 0), coalesce(sum(n_pad), 0) FROM shards").fetchone()
     seg_tokens, = con.execute("SELECT coalesce(sum(length), 0) FROM segments").fetchone()
@@ -203,3 +214,53 @@ def check_digests(con) -> list[str]:
     return [f"table {name}: content differs from the digest recorded when the build was written "
             f"(build.tables_sha256: {want.get(name)} vs {now[name]}); the manifest was edited after the build"
             for name in DIGESTED_TABLES if want.get(name) != now[name]]
+
+
+def check_holdout(out: Path, con, n_held: int) -> list[str]:
+    """Held-out documents are in no training row, and their files match the manifest's `holdout` table: sha256,
+    token count, the index's documents = the documents with status 'holdout', each ending with EOS."""
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if "holdout" not in tables:
+        return [f"documents: {n_held} held out but the manifest has no holdout table"] if n_held else []
+    problems = []
+    leaked = con.execute("""
+        SELECT count(DISTINCT s.doc_id), min(s.doc_id) FROM segments s
+        JOIN documents d ON d.doc_id = s.doc_id AND d.status = 'holdout'""").fetchall()[0]
+    if leaked[0]:
+        problems.append(f"{leaked[0]} held-out documents are in training rows (e.g. {leaked[1]})")
+    eos_id, = con.execute("SELECT eos_id FROM build").fetchall()[0]
+    listed = 0
+    for source, path, n_docs, n_tokens, sha in con.execute(
+            "SELECT source, path, n_docs, n_tokens, sha256 FROM holdout ORDER BY source").fetchall():
+        listed += n_docs
+        f, idx_path = out / path, out / Path(path).parent / holdout_index_name(source)
+        if not f.exists() or not idx_path.exists():
+            problems.append(f"{path}: missing" if not f.exists() else f"{idx_path.relative_to(out)}: missing")
+            continue
+        if sha256_file(f) != sha:
+            problems.append(f"{path}: sha256 differs from the manifest")
+            continue
+        tokens = np.load(f, mmap_mode="r")
+        idx = pq.read_table(idx_path)
+        if tokens.ndim != 1 or len(tokens) != n_tokens:
+            problems.append(f"{path}: {tokens.shape} tokens, manifest says {n_tokens}")
+        if idx.schema.names != HOLDOUT_INDEX_SCHEMA.names or idx.num_rows != n_docs:
+            problems.append(f"{idx_path.relative_to(out)}: {idx.num_rows} rows / columns {idx.schema.names}, "
+                            f"manifest says {n_docs} documents")
+            continue
+        start, length = idx["start"].to_numpy(), idx["length"].to_numpy()
+        if len(start) and (start[0] != 0 or np.any(start[1:] != start[:-1] + length[:-1])
+                           or start[-1] + length[-1] != len(tokens)):
+            problems.append(f"{idx_path.relative_to(out)}: documents do not tile {path}")
+        elif len(start) and np.any(tokens[start + length - 1] != eos_id):
+            problems.append(f"{path}: a held-out document does not end with EOS")
+        con.register("held_idx", idx.select(["doc_id"]))
+        stray, = con.execute("""SELECT count(*) FROM held_idx h ANTI JOIN documents d
+                                ON d.doc_id = h.doc_id AND d.status = 'holdout' AND d.source = ?""",
+                             [source]).fetchall()[0]
+        con.unregister("held_idx")
+        if stray:
+            problems.append(f"{idx_path.relative_to(out)}: {stray} documents are not held-out documents of {source}")
+    if listed != n_held:
+        problems.append(f"holdout: the files list {listed} documents, the manifest holds out {n_held}")
+    return problems

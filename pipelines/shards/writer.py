@@ -24,7 +24,7 @@ from datatrove.pipeline.base import PipelineStep
 from pipelines import _logging  # noqa: F401  (quiet datatrove console in every worker)
 from pipelines.io import pread_into, write_parquet
 from pipelines.pack.layout import StageBLayout
-from pipelines.pack.plan import PLAN_SCHEMA, plan_rows
+from pipelines.pack.plan import PLAN_SCHEMA, plan_rows, shard_ranges
 from pipelines.shards.format import (
     INDEX_SCHEMA,
     TABLES,
@@ -175,7 +175,8 @@ class WriteShards(PipelineStep):
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         lay = self.lay
         n_rows, parts = plan_rows(lay, self.seq_len)
-        n_shards = -(-n_rows // self.rows_per_shard)
+        ranges = shard_ranges(lay, n_rows, self.rows_per_shard, parts)
+        n_shards = len(ranges)
         files = TokenFiles(lay.work_dir, self.dtype, self.with_mask)
         out_dir = Path(lay.next_shards)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -185,7 +186,7 @@ class WriteShards(PipelineStep):
         try:
             with pq.ParquetWriter(seg_path + ".tmp", INDEX_SCHEMA) as seg_writer:
                 for i in shard_block(n_shards, lay.n_writers, rank):
-                    r0, r1 = i * self.rows_per_shard, min(n_rows, (i + 1) * self.rows_per_shard)
+                    r0, r1 = ranges[i]
                     shard_row, per_source = self._write_shard(i, r0, r1, parts, files, out_dir, seg_writer)
                     shard_rows.append(shard_row)
                     source_rows += per_source

@@ -21,6 +21,7 @@ EXTRA_COLUMNS: dict[str, pa.DataType] = {
     "minhash_sig": pa.binary(),  # the whole MinHash signature (uint32 values): candidate pairs are confirmed by it
     "url": pa.string(),
     "contamination": pa.list_(pa.struct([("benchmark", pa.string()), ("item_id", pa.string()), ("n_matches", pa.int64())])),
+    "n_bytes": pa.int64(),  # UTF-8 bytes of the text as read
     "copy_of": pa.int64(),  # key of the earlier document this one copies exactly (not tokenized: pipelines.dedup.copies)
 }
 

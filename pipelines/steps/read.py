@@ -41,6 +41,8 @@ class ReadSourceFile(PipelineStep):
                 "source": task.source, "file": task.display, "line": rec.line,
                 "status": "dropped" if rec.reason else "kept", "reason": rec.reason, "detail": rec.detail,
                 "n_chars": len(rec.text) if rec.text else 0, "n_copies": 0 if rec.reason else 1,
+                # UTF-8 bytes of the text as read (held-out documents report them, for bits per byte)
+                "n_bytes": len(rec.text.encode("utf-8", "surrogatepass")) if rec.text else 0,
                 "url": rec.url,
             }
             if rec.answer_spans:
