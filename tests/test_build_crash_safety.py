@@ -113,8 +113,9 @@ def small_disk(tmp_path, request):
 
 
 def test_full_disk_during_a_build_is_one_line_and_leaves_nothing_half_written(small_disk):
-    out = small_disk / "out"  # the stage2 build needs ~47 MB (intermediates + shards): the disk has 20 MB
-    res = _cli("build-mixture", "stage2", "--out", str(out), "--source-root", str(HUB), "--no-progress")
+    # the stage2-clean build (dedup + decontamination) needs ~47 MB (intermediates + shards): the disk has 20 MB
+    out = small_disk / "out"
+    res = _cli("build-mixture", "stage2-clean", "--out", str(out), "--source-root", str(HUB), "--no-progress")
     text = res.stdout + res.stderr
     assert res.returncode == 2, text[-3000:]
     assert "Traceback" not in text, text[-3000:]  # old code: a 150-270-line traceback ending in Errno 28
