@@ -121,6 +121,8 @@ def pread_into(fd: int, out: np.ndarray, offset: int, what: str) -> None:
         if n <= 0:
             raise OSError(f"{what}: shorter than expected (offset {offset + done})")
         done += n
+
+
 # ------------------------------------------------------------------------------------------ a full disk (issue 20)
 
 DISK_FULL_TEXT = ("No space left on device", "[Errno 28]", "Disk quota exceeded", "unexpected pos")

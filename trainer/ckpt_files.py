@@ -9,12 +9,12 @@
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
+
+from pipelines.io import free_bytes  # noqa: F401  (re-exported for trainer/checkpoint.py)
 
 CHECKSUMS = "checksums.json"
 
@@ -85,30 +85,19 @@ def fsync_file(path: Path) -> None:
 # ------------------------------------------------------------------------------------------------- disk space
 
 
-def free_bytes(path: Path) -> int:
-    """Free bytes on the filesystem holding `path` (or its nearest existing parent)."""
-    p = Path(path)
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return shutil.disk_usage(p).free
-
-
 def is_disk_full(exc: BaseException) -> bool:
-    """Whether an exception (or one it wraps) comes from a full disk: ENOSPC/EDQUOT, or torch's zip writer, which
-    reports a short write as `unexpected pos` instead of the errno."""
-    seen = set()
-    stack = [exc]
+    """`pipelines.io.is_disk_full`, also looking inside DCP's per-rank failures (torch's zip writer reports a
+    short write as `unexpected pos`, which that function knows)."""
+    from pipelines.io import is_disk_full as caused_by_full_disk
+
+    seen, stack = set(), [exc]
     while stack:
         e = stack.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if caused_by_full_disk(e):
             return True
-        text = str(e)
-        if "No space left on device" in text or "unexpected pos" in text or "Disk quota exceeded" in text:
-            return True
-        stack += [e.__cause__, e.__context__]
         stack += [x for x in getattr(e, "failures", {}).values() if isinstance(x, BaseException)]  # DCP's
         stack += [x for x in getattr(e, "args", ()) if isinstance(x, BaseException)]
     return False
