@@ -450,6 +450,8 @@ def _run_data(src: Path) -> str | None:
 
 
 WEIGHT_FILE = re.compile(r"model(-\d+-of-\d+)?\.safetensors(\.index\.json)?")
+EXPORT_FILES = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "chat_template.jinja"}  # what an export writes besides its weights
 
 
 def _publish_dir(stage: Path, out: Path) -> None:
@@ -457,8 +459,9 @@ def _publish_dir(stage: Path, out: Path) -> None:
     mix. Files of an existing `out` that this export does not write are carried over."""
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     if out.exists():
-        for f in out.iterdir():  # weights of an earlier export are never carried: a stale shard would shadow these
-            if not (stage / f.name).exists() and not WEIGHT_FILE.fullmatch(f.name):
+        for f in out.iterdir():  # files of an earlier export are never carried: a stale shard would shadow these
+            # weights, a chat template would make a base model a chat one; a user's own files (README...) stay
+            if not (stage / f.name).exists() and not (WEIGHT_FILE.fullmatch(f.name) or f.name in EXPORT_FILES):
                 os.replace(f, stage / f.name)
         os.replace(out, old)
     os.replace(stage, out)
