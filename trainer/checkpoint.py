@@ -30,8 +30,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.api import CheckpointException
 import torch.nn as nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -40,8 +40,19 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from trainer.ckpt_files import (CHECKSUMS, DiskFullError, checksum_problems, disk_full_message, file_sha256,
-                                free_bytes, fsync_file, hash_files, is_disk_full, read_checksums, write_checksums)
+from trainer.ckpt_files import (
+    CHECKSUMS,
+    DiskFullError,
+    checksum_problems,
+    disk_full_message,
+    file_sha256,
+    free_bytes,
+    fsync_file,
+    hash_files,
+    is_disk_full,
+    read_checksums,
+    write_checksums,
+)
 
 STATE_FILE = "trainer_state.json"
 EXPORT_WEIGHTS = "model.safetensors"

@@ -9,12 +9,11 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
-from pipelines.io import free_bytes  # noqa: F401  (re-exported for trainer/checkpoint.py)
+from pipelines.io import free_bytes, sha256_file  # noqa: F401  (re-exported for trainer/checkpoint.py)
 
 CHECKSUMS = "checksums.json"
 
@@ -25,9 +24,7 @@ class DiskFullError(OSError):
     exit_code = 2  # cli.py's one handler: one line, exit 2
 
 
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+file_sha256 = sha256_file  # the one file hash (pipelines/io.py)
 
 
 def hash_files(root: Path, names: list[str]) -> dict[str, dict]:

@@ -63,7 +63,6 @@ def sequence_logp(model, batch: Batch, average: bool) -> torch.Tensor:
 
 def is_preference_build(path: str | Path) -> bool:
     from pipelines.shards.reader import connect
-
     from trainer.hf_files import packing_mode
 
     con = connect(Path(path))
@@ -198,9 +197,10 @@ def check_dpo_run(cfg, settings) -> None:
 def train_dpo(cfg, env, settings, mcfg) -> dict:
     """The DPO run: policy and frozen reference from --init-from, pairs from a preference build."""
     from trainer import checkpoint as ckpt
+    from trainer.build import build_model
+    from trainer.build import progress_bar as _progress
     from trainer.metrics import MetricsLog, plot_loss
     from trainer.optim import build_optimizer
-    from trainer.train import _progress, build_model
 
     check_dpo_run(cfg, settings)
     run = Path(cfg.out)

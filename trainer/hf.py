@@ -35,7 +35,12 @@ import torch
 from pipelines.io import atomic_write_bytes
 from pipelines.shards.format import sha256_file
 from trainer import hf_files
-from trainer.checkpoint import find_checkpoint, is_export, load_model_weights, read_model_config
+from trainer.checkpoint import (
+    find_checkpoint,
+    is_export,
+    load_model_weights,
+    read_model_config,
+)
 from trainer.ckpt_files import DiskFullError, disk_full_message, is_disk_full
 from trainer.config import ModelConfig
 

@@ -22,10 +22,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numpy.lib import format as npy_format
 
-from pipelines.shards.format import VERIFIED_MARKER, file_stats, index_path_of, mask_path_of, sha256_file
+from pipelines.shards.format import (
+    VERIFIED_MARKER,
+    file_stats,
+    index_path_of,
+    mask_path_of,
+    sha256_file,
+)
+
 # the identity of a build is part of the format (pipelines.shards.reader); re-exported for the trainer's callers
-from pipelines.shards.reader import (BuildFingerprint, ShardRecord, build_fingerprint,  # noqa: F401
-                                     read_shard_records, trainer_files, write_verified_marker)
+from pipelines.shards.reader import (  # noqa: F401
+    BuildFingerprint,
+    ShardRecord,
+    build_fingerprint,
+    read_shard_records,
+    trainer_files,
+    write_verified_marker,
+)
 
 
 class DataError(ValueError):

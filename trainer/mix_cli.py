@@ -69,8 +69,15 @@ def mix_search_cmd(
     """Choose a mixture by measurement: K short anneals on Dirichlet-sampled mixtures, a regression from
     weights to each metric, the mixture that minimises --target, run once more to compare predicted and
     realized."""
-    from trainer.mix_search import (MixSearchConfig, MixSearchError, anneal_dir, base_mixture,
-                                    run_mix_search, sample_candidates, train_command)
+    from trainer.mix_search import (
+        MixSearchConfig,
+        MixSearchError,
+        anneal_dir,
+        base_mixture,
+        run_mix_search,
+        sample_candidates,
+        train_command,
+    )
 
     for d in data:
         if not (d / "manifest.duckdb").exists():

@@ -34,7 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.mix_fit import Target, dirichlet_mixtures, fit_metric, fit_report, propose, spearman
+from trainer.mix_fit import (
+    Target,
+    dirichlet_mixtures,
+    fit_metric,
+    fit_report,
+    propose,
+    spearman,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXECUTORS = ("local", "slurm")

@@ -18,6 +18,7 @@ import torch
 from trainer import carry, integrity, parallel
 from trainer import checkpoint as ckpt
 from trainer import sp as seqpar
+from trainer.build import HF_PREFIX, build_model, hf_module, progress_bar
 from trainer.config import ModelConfig, TrainConfig, get_preset
 from trainer.data import PackedDataset, read_build
 from trainer.evaluate import make_evaluator, plot_eval
@@ -29,11 +30,8 @@ from trainer.mixing import (
     plan_for_run,
     total_rows,
 )
-from trainer.model import Transformer
 from trainer.optim import LRSchedule, build_optimizer, set_lr
 from trainer.recipes import RunSettings, effective_preset, resolve_settings
-
-HF_PREFIX = "hf:"  # --init-from hf:DIR reads a Hugging Face checkpoint through trainer.hf
 
 
 def base_model_config(cfg: TrainConfig) -> tuple[ModelConfig, str]:
@@ -43,7 +41,7 @@ def base_model_config(cfg: TrainConfig) -> tuple[ModelConfig, str]:
         name = effective_preset(cfg)
         return get_preset(name).model, f"preset {name}"
     if cfg.init_from.startswith(HF_PREFIX):
-        hf = _hf_module()
+        hf = hf_module()
         return hf.hf_config_to_model_config(cfg.init_from[len(HF_PREFIX):]), "--init-from hf config"
     raw = ckpt.read_model_config(cfg.init_from)
     known = {f.name for f in dataclasses.fields(ModelConfig)}
@@ -54,46 +52,6 @@ def resolve_model_config(base: ModelConfig, settings: RunSettings) -> ModelConfi
     """The model of this run: `base` with the run's row length, RoPE θ, norm eps and init scheme."""
     return dataclasses.replace(base, seq_len=settings.seq_len, rope_theta=settings.rope_theta,
                                norm_eps=settings.norm_eps, init=settings.init)
-
-
-def load_init_weights(spec: str, mcfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Full weights for --init-from: "hf:DIR" (a Hugging Face checkpoint) or one of our run/checkpoint/merge dirs."""
-    if spec.startswith(HF_PREFIX):
-        return _hf_module().load_hf_checkpoint(spec[len(HF_PREFIX):], mcfg)
-    return ckpt.load_model_weights(spec)
-
-
-def _hf_module():
-    try:
-        from trainer import hf
-    except ImportError as e:
-        raise ValueError(f"--init-from hf:DIR needs trainer.hf, which is not available here ({e})") from e
-    return hf
-
-
-def build_model(mcfg: ModelConfig, cfg: TrainConfig, env: parallel.DistEnv, dtype: str | None = None,
-                init_weights: bool = True) -> Transformer:
-    """Full init on CPU (same weights for any world size), meta-device init + sharded materialisation on GPU;
-    then the --init-from weights unless `init_weights` is False (--keep-optimizer loads them with the moments)."""
-    torch.manual_seed(cfg.seed)
-    if env.device.type == "cuda":
-        with torch.device("meta"):
-            model = Transformer(mcfg, cfg.attn_backend)
-    else:
-        model = Transformer(mcfg, cfg.attn_backend)
-    if cfg.act_ckpt:
-        parallel.apply_activation_checkpointing(model)
-    if cfg.compile:
-        parallel.apply_compile(model)
-    mesh = parallel.build_mesh(env, cfg.replicate)
-    parallel.apply_fsdp(model, mesh, parallel.mixed_precision(dtype or cfg.dtype or "fp32"))
-    if env.device.type == "cuda":
-        model.to_empty(device=env.device)
-        torch.manual_seed(cfg.seed)
-        model.init_weights()
-    if cfg.init_from and init_weights:
-        ckpt.load_full_weights(model, load_init_weights(cfg.init_from, mcfg))
-    return model
 
 
 def resolve_run(cfg: TrainConfig, world: int) -> tuple[RunSettings, ModelConfig]:
@@ -200,7 +158,7 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
     log = MetricsLog(run, env.is_main, resume_step=start)
     evaluator = make_evaluator(cfg, mcfg.seq_len, env)  # None unless --eval-every / --eval-tasks
     peak = peak_flops(env.device, cfg.peak_tflops)
-    progress = _progress(env.is_main and cfg.progress)
+    progress = progress_bar(env.is_main and cfg.progress)
     task = progress.add_task("train", total=settings.steps, completed=start, loss=float("nan")) if progress else None
     if env.is_main:
         name = cfg.preset or effective_preset(cfg) or "model of --init-from"
@@ -273,21 +231,6 @@ def _train_step(step, model, optimizer, schedule, loader, mcfg, settings: RunSet
     return {"step": step, "loss": loss_total / max(n_valid, 1.0), "lr": lr, "grad_norm": float(grad_norm),
             "tokens_per_s": n_tokens / dt, "mfu": flops / dt / (peak * env.world) if peak else None,
             "n_tokens": n_tokens, "n_valid": int(n_valid), "step_s": dt}
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return None
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
 
 
 def main(argv: list[str] | None = None) -> None:

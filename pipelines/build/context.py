@@ -15,7 +15,7 @@ from pipelines.build.spec import MixtureSpec, planned_share
 from pipelines.dedup.copies import copies_enabled
 from pipelines.errors import SpecError
 from pipelines.read.registry import task_options
-from pipelines.read.rowfilters import task_fetch, task_filter
+from pipelines.read.rowfilters import task_fetch
 from pipelines.read.sources import HF_PREFIX, resolve_source
 from pipelines.shards.format import sha256_file
 from pipelines.steps.tasks import FileTask
@@ -96,7 +96,7 @@ def prepare(spec: MixtureSpec, opts: BuildOptions) -> BuildContext:
             tasks.append(FileTask(source=s.name, path=f,
                                   display=source_map.canonical(f) or display_uri(f, opts.source_root), fmt=s.format,
                                   text_key=s.text_key, id_key=s.id_key, sample=s.sample, relative=rel,
-                                  identity=ident, fetch=task_fetch(s, source_map), filter=task_filter(s),
+                                  identity=ident, fetch=task_fetch(s.fetch, source_map), filter=s.filter,
                                   options=task_options(spec, s, tokenizer_path)))
 
     with_mask = bool(spec.packing.get("loss_mask", False))

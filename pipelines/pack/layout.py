@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -14,9 +14,6 @@ import pyarrow as pa
 from pipelines import _logging  # noqa: F401  (quiet datatrove console in every worker)
 from pipelines.io import file_size
 from pipelines.shards.format import SHARDS_DIR
-
-if TYPE_CHECKING:
-    from pipelines.build.context import BuildContext
 
 ITEMS_PER_PARTITION = 500_000  # pack items one concat partition task sorts and cuts (~200 B each in memory)
 BYTES_PER_DOC_GUESS = 300  # input bytes per document, to size the partitions before anything is read
@@ -52,7 +49,7 @@ class StageBLayout:
         return os.path.join(self.out, SHARDS_DIR + ".next")
 
 
-def plan_layout(ctx: BuildContext) -> StageBLayout:
+def plan_layout(ctx: Any) -> StageBLayout:  # ctx: pipelines.build.context.BuildContext (built above this layer)
     """Task counts from the input size (+ at least --workers so a local run is parallel); outputs never depend
     on them."""
     total_bytes = sum(file_size(t.path) or 0 for t in ctx.tasks)

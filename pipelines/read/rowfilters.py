@@ -16,7 +16,6 @@ from pipelines.read.fetch import BlobFetcher, FetchConfig
 from pipelines.read.formats import Record, RowTransform
 
 if TYPE_CHECKING:
-    from pipelines.build.spec import SourceSpec
     from pipelines.read.remap import SourceMap
 
 
@@ -43,16 +42,12 @@ class RowFilter:
         return out
 
 
-def task_fetch(source: SourceSpec, source_map: SourceMap) -> dict | None:
-    """The fetch settings a reader task carries: the spec's, plus the URI template after --source-map."""
-    if source.fetch is None:
+def task_fetch(fetch: dict | None, source_map: SourceMap) -> dict | None:
+    """The fetch settings a reader task carries: a source's `fetch:`, plus the URI template after --source-map."""
+    if fetch is None:
         return None
-    config = FetchConfig.from_spec(source.fetch)
+    config = FetchConfig.from_spec(fetch)
     return {**config.to_dict(), "resolved_uri": source_map.apply(config.uri)}
-
-
-def task_filter(source: SourceSpec) -> dict | None:
-    return source.filter
 
 
 def row_transform(filter: dict | None, fetch: dict | None, text_key: str, id_key: str) -> RowTransform | None:
