@@ -188,14 +188,25 @@ def _raw_records(path: str) -> Iterator[tuple[int, Any, str | None]]:
                 yield i, None, "malformed-json"
 
 
-def iter_chat_records(path: str, id_key: str, options: dict) -> Iterator[Record]:
-    """One Record per input record; `text` is the plain rendering (for dedup/decontamination), turns in `extra`."""
+_UNREADABLE = object()  # the doc_id _objects gives a record that is not a JSON object (rec is then its drop record)
+
+
+def _objects(path: str, id_key: str) -> Iterator[tuple[int, Any, Any]]:
+    """(line, JSON object, id or None) per record; (line, a dropped ChatRecord, _UNREADABLE) for anything else."""
     for line, rec, reason in _raw_records(path):
         if reason or not isinstance(rec, dict):
-            yield ChatRecord(line, None, None, reason or "malformed-json", "expected a JSON object")
+            yield line, ChatRecord(line, None, None, reason or "malformed-json", "expected a JSON object"), _UNREADABLE
             continue
         raw_id = rec.get(id_key)
-        doc_id = str(raw_id) if raw_id is not None else None
+        yield line, rec, (str(raw_id) if raw_id is not None else None)
+
+
+def iter_chat_records(path: str, id_key: str, options: dict) -> Iterator[Record]:
+    """One Record per input record; `text` is the plain rendering (for dedup/decontamination), turns in `extra`."""
+    for line, rec, doc_id in _objects(path, id_key):
+        if doc_id is _UNREADABLE:
+            yield rec
+            continue
         turns = record_turns(rec, options)
         if isinstance(turns, str):
             yield ChatRecord(line, doc_id, None, turns, f"chat {options.get('chat', 'messages')}")
@@ -223,12 +234,10 @@ def preference_turns(rec: dict, options: dict) -> tuple[list, list] | str:
 def iter_preference_records(path: str, id_key: str, options: dict) -> Iterator[Record]:
     """One Record per preference pair; `text` renders the chosen conversation and the rejected answer (for dedup /
     decontamination), the two turn lists travel in `extra["pair"]`."""
-    for line, rec, reason in _raw_records(path):
-        if reason or not isinstance(rec, dict):
-            yield ChatRecord(line, None, None, reason or "malformed-json", "expected a JSON object")
+    for line, rec, doc_id in _objects(path, id_key):
+        if doc_id is _UNREADABLE:
+            yield rec
             continue
-        raw_id = rec.get(id_key)
-        doc_id = str(raw_id) if raw_id is not None else None
         pair = preference_turns(rec, options)
         if isinstance(pair, str):
             yield ChatRecord(line, doc_id, None, pair, "preference pair (chosen / rejected message lists)")
