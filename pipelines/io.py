@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,8 @@ def pread_into(fd: int, out: np.ndarray, offset: int, what: str) -> None:
 # ------------------------------------------------------------------------------------------ a full disk (issue 20)
 
 DISK_FULL_TEXT = ("No space left on device", "[Errno 28]", "Disk quota exceeded", "unexpected pos")
+# numpy's `ndarray.tofile` (under np.save) reports a short write as a bare OSError with no errno
+_SHORT_WRITE = re.compile(r"\b\d+ requested and \d+ written\b")
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -142,7 +145,8 @@ def is_disk_full(exc: BaseException) -> bool:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if any(t in str(e) for t in DISK_FULL_TEXT):
+        text = str(e)
+        if any(t in text for t in DISK_FULL_TEXT) or _SHORT_WRITE.search(text):
             return True
         stack += [e.__cause__, e.__context__]
     return False
@@ -159,15 +163,20 @@ def free_bytes(path: str | os.PathLike) -> int:
     return shutil.disk_usage(p).free
 
 
+def _is_partial(name: str) -> bool:
+    return ".tmp" in name or ".partial-" in name or name.endswith(".partial")
+
+
 def remove_partial_files(root: str | os.PathLike) -> list[str]:
     """Delete the temporaries of interrupted atomic writes under `root` (`*.tmp*`, `*.partial-*`): never part of
-    a finished file, and on a full disk the space they hold is what the user needs back. Returns what went."""
+    a finished file, and on a full disk the space they hold is what the user needs back (`*.partial`: a directory
+    being assembled, e.g. the decontamination index). Returns what went."""
     import shutil
     from pathlib import Path
 
     gone = []
     for p in sorted(Path(root).rglob("*"), key=lambda q: len(q.parts), reverse=True):
-        if ".tmp" in p.name or ".partial-" in p.name:
+        if _is_partial(p.name):
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             else:
