@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from rss_peak import peak_rss_mb
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -80,7 +82,6 @@ def main() -> int:
         print(f"skipped: dolma is not importable by {args.dolma_python}")
         return 0
 
-    import numpy as np
     from tokenizers import Tokenizer
 
     from pipelines.read.formats import iter_records
@@ -111,6 +112,7 @@ def main() -> int:
     print(f"tokenization: default identical to `dolma tokens`: {same_default}/{n}")
     for d in (missing + diffs)[:10]:
         print("  differs:", d)
+    print(f"peak RSS: {peak_rss_mb():.0f} MB (this process; dolma's own run is a child)")
     return 0 if same_dolma == n and not missing else 1
 
 

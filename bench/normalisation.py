@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from rss_peak import peak_rss_mb
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED = Path(os.environ.get("MIDTRAIN_SHARED", ROOT.parent / "shared" / "data"))
@@ -96,6 +98,7 @@ def main() -> None:
               f"{count(old, 'near-dup'):12d} {count(new, 'near-dup'):5d} | {len(false_pos)}")
         for k, s in false_pos[: args.examples]:
             print(f"    dropped {texts[k][:70]!r}\n    as dup  {texts[s][:70]!r}  ({old[k][0]})")
+    print(f"peak RSS: {peak_rss_mb():.0f} MB (one source's texts, signals and keys at a time)")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -26,13 +25,14 @@ from dataclasses import asdict
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from rss_peak import peak_rss_mb
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipelines.dedup import global_stages as ds  # noqa: E402
 from pipelines.dedup.decisions import read_decisions  # noqa: E402
-from pipelines.text import mix64  # noqa: E402
 from pipelines.steps.intermediate import intermediate_paths  # noqa: E402
+from pipelines.text import mix64  # noqa: E402
 
 BANDS = 20
 PLANT = {"exact": 0.02, "near": 0.02, "url": 0.01}  # shares of documents that are planted copies
@@ -133,15 +133,6 @@ def baseline_here(cfg: ds.GlobalDedupConfig) -> None:
               for t in range(cfg.n_tasks)]
     found = find_duplicates(pl.concat(frames), DedupConfig(bands=BANDS))
     found.select("key", "reason").write_parquet(os.path.join(cfg.work_dir, "baseline.parquet"))
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS. Not ru_maxrss: Linux carries the parent's high-water mark across fork + exec."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def in_subprocess(cfg: ds.GlobalDedupConfig, what: str) -> dict:

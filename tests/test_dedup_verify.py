@@ -74,3 +74,49 @@ def test_verify_false_keeps_band_only_decisions():
 def test_bad_threshold_is_a_spec_error(bad):
     with pytest.raises(ValueError, match="dedup.threshold"):
         DedupConfig.from_spec({"threshold": bad})
+
+
+def test_candidate_pairs_are_every_pair_of_small_groups_and_a_star_and_chain_of_large_ones():
+    """The clustering step proposes pairs for all band groups at once (vectorised by group size); the set must be
+    the documented one, for groups on both sides of GROUP_ALL_PAIRS."""
+    import numpy as np
+
+    from pipelines.dedup.global_stages import GROUP_ALL_PAIRS, candidate_pairs
+
+    rng = np.random.default_rng(0)
+    sizes = [2, 3, 3, 5, GROUP_ALL_PAIRS, GROUP_ALL_PAIRS + 1, 2, 150, 4]
+    gid, key, expected = [], [], set()
+    for g, m in enumerate(sizes):
+        members = np.sort(rng.choice(10_000, m, replace=False)).astype(np.int64) + (g % 3 << 32)
+        gid += [g] * m
+        key += members.tolist()
+        if m <= GROUP_ALL_PAIRS:
+            expected |= {(int(a), int(b)) for i, a in enumerate(members) for b in members[i + 1:]}
+        else:
+            expected |= {(int(members[0]), int(b)) for b in members[1:]}
+            expected |= {(int(a), int(b)) for a, b in zip(members[1:-1], members[2:])}
+    u, v = candidate_pairs(np.array(gid, np.int64), np.array(key, np.int64))
+    assert list(zip(u.tolist(), v.tolist())) == sorted(expected)  # distinct, u < v, sorted
+
+
+def test_stored_signatures_are_read_back_with_missing_ones_unknown(tmp_path: Path):
+    """`Signatures` reads `minhash_sig` for chosen keys at once: values for signed rows, unknown (NaN Jaccard) for
+    rows without one (empty or null), whatever the row order asked for."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.dedup.global_stages import GlobalDedupConfig, Signatures
+    from pipelines.steps.intermediate import intermediate_paths
+
+    sigs = [np.arange(8, dtype=np.uint32) + 10 * i for i in range(6)]
+    values = [sigs[0].tobytes(), None, sigs[2].tobytes(), b"", sigs[4].tobytes(), sigs[0].tobytes()]
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    pq.write_table(pa.table({"minhash_sig": pa.array(values, pa.binary())}), intermediate_paths(str(docs), 3)[0])
+    cfg = GlobalDedupConfig(work_dir=str(tmp_path), n_tasks=4, n_buckets=1)
+    k = lambda i: (3 << 32) | i  # noqa: E731
+    s = Signatures(cfg, np.array([k(5), k(4), k(1), k(0), k(3), k(2)], np.int64))
+    u, v = np.array([k(0), k(0), k(0), k(2)], np.int64), np.array([k(5), k(2), k(1), k(3)], np.int64)
+    est = s.jaccard(u, v)
+    assert est[0] == 1.0 and est[1] == 0.0 and np.isnan(est[2]) and np.isnan(est[3])

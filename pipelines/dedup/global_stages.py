@@ -551,23 +551,28 @@ def _components_of_edges(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.n
 def candidate_pairs(gid: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct (u < v) key pairs proposed by band groups: all pairs of a group up to GROUP_ALL_PAIRS members,
     else the first member with each other one and each member with the next."""
-    us, vs = [], []
+    if len(gid) == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
     starts = np.flatnonzero(_first_of_group(gid))
-    for s, e in zip(starts.tolist(), np.append(starts[1:], len(gid)).tolist()):
-        members = key[s:e]
-        m = len(members)
+    sizes = np.diff(np.append(starts, len(gid)))
+    us, vs = [], []
+    for m in np.unique(sizes[sizes > 1]).tolist():  # all groups of one size at once: a (groups, m) index matrix
+        first = starts[sizes == m][:, None]
         if m <= GROUP_ALL_PAIRS:
             i, j = np.triu_indices(m, 1)
-            us.append(members[i]), vs.append(members[j])
-        else:
-            us += [np.repeat(members[0], m - 1), members[1:-1]]
-            vs += [members[1:], members[2:]]
+        else:  # star from the first member, and a chain
+            i = np.concatenate([np.zeros(m - 1, np.int64), np.arange(1, m - 1)])
+            j = np.concatenate([np.arange(1, m), np.arange(2, m)])
+        us.append(key[first + i].ravel()), vs.append(key[first + j].ravel())
     if not us:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     u, v = np.concatenate(us), np.concatenate(vs)
     lo, hi = np.minimum(u, v), np.maximum(u, v)
-    pairs = np.unique(np.stack([lo, hi], axis=1), axis=0)
-    return pairs[:, 0], pairs[:, 1]
+    order = np.lexsort((hi, lo))
+    lo, hi = lo[order], hi[order]
+    new = np.ones(len(lo), bool)
+    new[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
+    return lo[new], hi[new]
 
 
 class Signatures:
@@ -580,16 +585,18 @@ class Signatures:
         tasks = self.keys >> 32
         for t in np.unique(tasks).tolist():
             path = intermediate_paths(os.path.join(cfg.work_dir, "docs"), t)[0]
-            if "minhash_sig" not in pq.ParquetFile(path).schema_arrow.names:
-                continue  # intermediates from before signatures were stored: candidates stay unconfirmed
+            with pq.ParquetFile(path) as pf:  # (not pq.read_table: its dataset module imports pandas, ~0.4 s)
+                if "minhash_sig" not in pf.schema_arrow.names:
+                    continue  # intermediates from before signatures were stored: candidates stay unconfirmed
+                col = pf.read(columns=["minhash_sig"]).column(0)
             sel = np.flatnonzero(tasks == t)
-            col = pq.read_table(path, columns=["minhash_sig"]).column(0).take(pa.array(self.keys[sel] & 0xFFFFFFFF))
-            for i, v in zip(sel.tolist(), col.to_pylist()):
-                if v:
-                    if self.sig is None:
-                        self.sig = np.zeros((len(self.keys), len(v) // 4), np.uint32)
-                    self.sig[i] = np.frombuffer(v, np.uint32)
-                    self.known[i] = True
+            col = col.take(pa.array(self.keys[sel] & 0xFFFFFFFF))
+            rows, sig = _fixed_width_rows(col.combine_chunks())
+            if len(rows):
+                if self.sig is None:
+                    self.sig = np.zeros((len(self.keys), sig.shape[1]), np.uint32)
+                self.sig[sel[rows]] = sig
+                self.known[sel[rows]] = True
 
     def jaccard(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Estimated Jaccard of each pair; NaN where a signature is missing."""
@@ -600,6 +607,23 @@ class Signatures:
         ok = self.known[iu] & self.known[iv]
         out[ok] = (self.sig[iu[ok]] == self.sig[iv[ok]]).mean(axis=1)
         return out
+
+
+def _fixed_width_rows(col: pa.BinaryArray) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the non-empty values, those values as uint32 rows) of a binary column whose non-empty values all
+    have one length (MinHash signatures; empty or null: not signed)."""
+    offsets = np.frombuffer(col.buffers()[1], np.int32)[col.offset:col.offset + len(col) + 1]
+    lengths = np.diff(offsets)
+    if col.null_count:
+        lengths = np.where(col.is_valid().to_numpy(zero_copy_only=False), lengths, 0)
+    rows = np.flatnonzero(lengths)
+    if len(rows) == 0:
+        return rows, np.empty((0, 0), np.uint32)
+    width = int(lengths[rows[0]])
+    if (lengths[rows] != width).any():
+        raise ValueError("MinHash signatures of different lengths in one intermediate")
+    data = np.frombuffer(col.buffers()[2], np.uint8)
+    return rows, data[offsets[rows][:, None] + np.arange(width)].view(np.uint32)
 
 
 def _near_dups(cfg: GlobalDedupConfig, gid: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
