@@ -263,6 +263,20 @@ def test_a_flipped_byte_in_a_checkpoint_is_refused_everywhere(builds, ckpt_run, 
     assert not (tmp_path / "merged" / "model.safetensors").exists() and not (tmp_path / "hf").exists()
 
 
+
+def test_a_rank_refusal_under_nproc_2_is_still_one_line_and_exit_2(builds, ckpt_run, tmp_path):
+    """With --nproc 2 the ranks run under torchrun, which exits 1 and prints its own ChildFailedError traceback
+    whatever its ranks did: both ranks refuse the damaged checkpoint, the user still gets one line and exit 2. The
+    run directory is relative and the launch is from another directory: the ranks resolve it where the user is."""
+    damaged, target = _flip_distcp(ckpt_run, tmp_path)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", "--data", str(builds[0]), "--out", "resumed",
+                           "--preset", "tiny", "--seq-len", str(SEQ), "--steps", "3", "--resume", str(damaged),
+                           "--nproc", "2", "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    _one_line_error(proc, target.name)
+    assert (tmp_path / "resumed" / "train_config.json").exists()
+
 # ------------------------------------------------------------------------------ 7: full disk during a save
 
 

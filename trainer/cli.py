@@ -34,11 +34,13 @@ def launch(cfg: TrainConfig, nproc: int) -> int:
     run.mkdir(parents=True, exist_ok=True)
     cfg_path = run / "train_config.json"
     cfg.to_json(cfg_path)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    # The ranks run in the user's directory, so relative --data/--out/--resume mean what they mean here; our
+    # packages come from PYTHONPATH only (PYTHONSAFEPATH: that directory is not put on sys.path, so a folder there
+    # named like one of them cannot shadow it).
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               PYTHONSAFEPATH="1")
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "trainer.train", str(cfg_path)]
-    return subprocess.call(cmd, env=env, cwd=ROOT)
+    return subprocess.call([sys.executable, "-m", "trainer.torchrun", str(nproc), str(cfg_path)], env=env)
 
 
 def parse_seeds(text: str) -> list[int]:

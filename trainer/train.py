@@ -32,6 +32,7 @@ from trainer.mixing import (
 )
 from trainer.optim import LRSchedule, build_optimizer, set_lr
 from trainer.recipes import RunSettings, effective_preset, resolve_settings
+from trainer.torchrun import report_refusal
 
 
 def base_model_config(cfg: TrainConfig) -> tuple[ModelConfig, str]:
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         train(TrainConfig.from_json(argv[0]))
     except (ckpt.CheckpointError, integrity.DataError, ckpt.DiskFullError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        report_refusal(str(e))  # one line, also when every rank refuses (trainer.torchrun prints it once)
         raise SystemExit(2) from None
     # The run finished and the process group is gone: leave without the interpreter's shutdown, where C++ static
     # destructors of library threads (gloo, OpenMP, DuckDB pools) can abort a finished rank ("terminate called
