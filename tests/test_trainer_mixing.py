@@ -264,3 +264,29 @@ def test_train_with_mix_writes_mixture_json_and_resumes_exactly(mixture, tmp_pat
     plain = dict(base, mix=None)
     with pytest.raises(CheckpointError, match="from a run with --mix"):
         train(TrainConfig(out=str(tmp_path / "plain"), resume=str(full), resume_step=3, **plain))
+
+
+def test_resume_of_a_mixed_run_checks_every_build_not_only_the_first(tmp_path):
+    """A mixed run's checkpoint records the fingerprint of each of its builds: resuming after the second build was
+    rebuilt with other content is refused naming that build (before, only --data's first build was compared), and
+    --allow-data-change turns the refusal into a warning."""
+    from trainer.config import TrainConfig
+    from trainer.integrity import BuildChangedError
+    from trainer.train import train
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(5)
+    a = write_synthetic_mixture(tmp_path / "a", {"web": rng.integers(5, 200, 400)}, SEQ, 16)["web"].path
+    b = write_synthetic_mixture(tmp_path / "b", {"code": rng.integers(5, 200, 400)}, SEQ, 16)["code"].path
+    mix = {"builds": [str(a), str(b)], "request": parse_mix("web=0.5,code=0.5", 2).to_dict()}
+    base = dict(data=str(a), preset="tiny", seq_len=SEQ, steps=4, micro_batch=2, progress=False, plot=False, mix=mix)
+    run = tmp_path / "run"
+    train(TrainConfig(out=str(run), save_every=2, **base))
+    other = write_synthetic_mixture(tmp_path / "b2", {"code": rng.integers(5, 200, 400)}, SEQ, 16)["code"].path
+    os.rename(b, tmp_path / "b-old")
+    os.rename(other, b)  # the same path, other content
+    with pytest.raises(BuildChangedError, match=str(b)):
+        train(TrainConfig(out=str(tmp_path / "resumed"), resume=str(run), resume_step=2, **base))
+    with pytest.warns(UserWarning, match="continuing on the new build"):
+        train(TrainConfig(out=str(tmp_path / "allowed"), resume=str(run), resume_step=2, allow_data_change=True,
+                          **base))

@@ -103,6 +103,30 @@ def check_pinned(dataset: PackedDataset, fingerprint: integrity.BuildFingerprint
                                           "start it again")
 
 
+def resume_build_notes(state: dict, fingerprints: dict[str, integrity.BuildFingerprint], primary: str,
+                       checkpoint: Path, allow_change: bool) -> list[str]:
+    """Every build of the run (several with --mix) checked against the one the checkpoint trained on at its place:
+    BuildChangedError naming the first that differs, or (`allow_change`, checkpoints from before fingerprints)
+    warning lines. `builds` lists them in --data order; checkpoints before it recorded the first build only."""
+    saved_builds = state.get("builds")
+    notes = []
+    for i, (build, current) in enumerate(fingerprints.items()):
+        if build == primary or saved_builds is None:
+            saved = state.get("build") if build == primary else None
+        elif i < len(saved_builds):
+            saved = saved_builds[i]
+        else:
+            msg = f"{checkpoint} trained on {len(saved_builds)} builds; {build} was not one of them"
+            if not allow_change:
+                raise integrity.BuildChangedError(msg + "; pass --allow-data-change to add it on purpose")
+            notes.append(msg + "; continuing with it (--allow-data-change)")
+            continue
+        note = integrity.check_resume_build(saved, current, checkpoint, build, allow_change)
+        if note:
+            notes.append(note)
+    return notes
+
+
 def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
     run = Path(cfg.out)
     settings, mcfg = resolve_run(cfg, env.world)
@@ -115,12 +139,12 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
     verify = cfg.verify_data and env.local_rank == 0 and not os.environ.get("MIDTRAIN_DATA_VERIFIED")
     fingerprints = {b: pin_build(b, verify) for b in mix_builds(cfg)}
     fingerprint = fingerprints[cfg.data]
-    if cfg.resume:  # before any weight is read: a checkpoint resumes only on the build it trained on
+    if cfg.resume:  # before any weight is read: a checkpoint resumes only on the builds it trained on
         resume_path = ckpt.find_checkpoint(cfg.resume, cfg.resume_step)
-        note = integrity.check_resume_build(ckpt.read_trainer_state(resume_path).get("build"), fingerprint,
-                                            resume_path, cfg.data, cfg.allow_data_change)
-        if note and env.is_main:
-            warnings.warn(note, stacklevel=1)
+        for note in resume_build_notes(ckpt.read_trainer_state(resume_path), fingerprints, cfg.data, resume_path,
+                                       cfg.allow_data_change):
+            if env.is_main:
+                warnings.warn(note, stacklevel=1)
     if env.is_main:
         run.mkdir(parents=True, exist_ok=True)
         resolved = settings.to_dict()
@@ -183,7 +207,8 @@ def _train(cfg: TrainConfig, env: parallel.DistEnv) -> dict:
             if (cfg.save_every and step % cfg.save_every == 0) or step == settings.steps:
                 state = {"step": step, "data": loader.state_dict(), "schedule": schedule.state_dict(),
                          "config": dataclasses.asdict(cfg), "settings": settings.to_dict(),
-                         "model": dataclasses.asdict(mcfg), "build": fingerprint.to_dict()}
+                         "model": dataclasses.asdict(mcfg), "build": fingerprint.to_dict(),
+                         "builds": [{"path": b, **f.to_dict()} for b, f in fingerprints.items()]}
                 ckpt.save_checkpoint(ckpt.checkpoint_dir(run, step), model, optimizer, state, env.rank)
                 if cfg.mix and env.is_main:
                     loader.write_report(run / "mixture.json", step)
