@@ -269,7 +269,7 @@ def test_train_with_mix_writes_mixture_json_and_resumes_exactly(mixture, tmp_pat
 def test_resume_of_a_mixed_run_checks_every_build_not_only_the_first(tmp_path):
     """A mixed run's checkpoint records the fingerprint of each of its builds: resuming after the second build was
     rebuilt with other content is refused naming that build (before, only --data's first build was compared), and
-    --allow-data-change turns the refusal into a warning."""
+    --allow-data-change turns the refusal into a warning. A soup keeps a finished mixed seed only on the same builds."""
     from trainer.config import TrainConfig
     from trainer.integrity import BuildChangedError
     from trainer.train import train
@@ -282,9 +282,13 @@ def test_resume_of_a_mixed_run_checks_every_build_not_only_the_first(tmp_path):
     base = dict(data=str(a), preset="tiny", seq_len=SEQ, steps=4, micro_batch=2, progress=False, plot=False, mix=mix)
     run = tmp_path / "run"
     train(TrainConfig(out=str(run), save_every=2, **base))
+    from trainer.cli import finished_run
+
+    assert finished_run(TrainConfig(out=str(run), save_every=2, **base))  # a soup keeps this seed (old code: never)
     other = write_synthetic_mixture(tmp_path / "b2", {"code": rng.integers(5, 200, 400)}, SEQ, 16)["code"].path
     os.rename(b, tmp_path / "b-old")
     os.rename(other, b)  # the same path, other content
+    assert not finished_run(TrainConfig(out=str(run), save_every=2, **base))  # ... but not on other data
     with pytest.raises(BuildChangedError, match=str(b)):
         train(TrainConfig(out=str(tmp_path / "resumed"), resume=str(run), resume_step=2, **base))
     with pytest.warns(UserWarning, match="continuing on the new build"):

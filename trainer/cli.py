@@ -120,10 +120,12 @@ def finished_run(cfg: TrainConfig) -> bool:
     stored = json.loads((run / "train_config.json").read_text())
     stored.pop("resolved", None)
     stored_build = stored.pop("build", None)
+    stored_builds = stored.pop("builds", None) or {}  # a --mix run: every build's fingerprint
     ignore = ("progress", "resume", "resume_step", "verify_data", "allow_data_change")
     same_config = {k: v for k, v in stored.items() if k not in ignore} == \
         {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignore}
-    return same_config and _same_build(stored_build, cfg.data)
+    return same_config and _same_build(stored_build, cfg.data) and \
+        all(_same_build(fp, build) for build, fp in stored_builds.items())
 
 
 def _same_build(stored: dict | None, data: str) -> bool:
