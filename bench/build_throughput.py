@@ -1,7 +1,7 @@
 """End-to-end build throughput, stage-2 configuration (dedup + decontamination on), vs raw
 `tokenizers.Tokenizer.encode_batch_fast` (the fastest call `tokenizers` has) on the same documents, same run.
 
-Workloads (`--workload`, default all three), each written into several `.json.gz` files with distinct ids:
+Workloads (`--workload`, default all four), each written into several `.json.gz` files with distinct ids:
 
 - `mixed`: the mirror's stage-2 kinds of text (Dolmino dclm/wiki/flan, python-edu, DeepMind maths, open-web-math,
   starcoder), one file per copy; every copy gets a distinct first line, so copies are near-duplicates, not exact
@@ -11,6 +11,8 @@ Workloads (`--workload`, default all three), each written into several `.json.gz
   tokenized, as in a stage 2 whose sources are already deduplicated).
 - `dedup-heavy`: the same web texts copied verbatim into 6 files (43,002 documents, 35,845 exact copies): issue 22's
   0.60x measurement. A build that decides exact duplicates before tokenization tokenizes 1/6 of it.
+- `web-unique`: the same web texts in 6 files, the words of each document shuffled in every copy after the first
+  (same words, lengths and tokenizer load; no duplicates at all): what a build costs when dedup drops nothing.
 
 The build reads, decompresses, parses, decontaminates (Instella's evaluation suite), signs for dedup, tokenizes,
 writes intermediates, dedups, packs, writes shards and the manifest; the baseline only tokenizes texts already in
@@ -26,8 +28,11 @@ which on 2 workers add up to about twice the stage's wall clock).
 
 Targets: issue 10, mixed >= 0.8x; issue 22, web and dedup-heavy >= 0.95x wall, dedup-heavy > 1x.
 
-    python bench/build_throughput.py [--workload mixed|web|dedup-heavy|all] [--workers 2] [--repeat 2]
-                                     [--no-dedup-decontam]
+`--tokenize-after` builds with `dedup: {tokenize_after: true}` (pipelines/dedup/late_tokens.py): the same shards,
+but no duplicate is tokenized (stage A signs, the global dedup decides, then `late_tokens` tokenizes the survivors).
+
+    python bench/build_throughput.py [--workload mixed|web|dedup-heavy|web-unique|all] [--workers 2] [--repeat 2]
+                                     [--no-dedup-decontam] [--tokenize-after]
 """
 from __future__ import annotations
 
@@ -55,15 +60,20 @@ MIXED_GLOBS = ("allenai/dolmino-mix-1124/data/dclm/**/*.json.zst", "allenai/dolm
                "allenai/OLMoE-mix-0924/data/starcoder/*.json.gz")
 WEB_GLOBS = ("allenai/dolmino-mix-1124/data/dclm/**/*.json.zst", "allenai/OLMoE-mix-0924/data/dclm/*.json.zst",
              "allenai/dolmino-mix-1124/data/wiki/*.json.gz")
-# workload -> (source globs, copies, each copy gets a distinct first line)
-WORKLOADS = {"mixed": (MIXED_GLOBS, 4, True), "web": (WEB_GLOBS, 6, True), "dedup-heavy": (WEB_GLOBS, 6, False)}
-TARGETS = {"mixed": 0.80, "web": 0.95, "dedup-heavy": 1.0}
+# workload -> (source globs, copies, how copies differ: "first-line" (near duplicates), "verbatim" (exact copies),
+# "shuffled" (every copy after the first has each document's words in another order: no duplicates at all))
+WORKLOADS = {"mixed": (MIXED_GLOBS, 4, "first-line"), "web": (WEB_GLOBS, 6, "first-line"),
+             "dedup-heavy": (WEB_GLOBS, 6, "verbatim"), "web-unique": (WEB_GLOBS, 6, "shuffled")}
+TARGETS = {"mixed": 0.80, "web": 0.95, "dedup-heavy": 1.0, "web-unique": 0.95}
 
 
-def make_corpus(dest: Path, globs: tuple[str, ...], copies: int, distinct: bool) -> list[str]:
+def make_corpus(dest: Path, globs: tuple[str, ...], copies: int, differ: str) -> list[str]:
     """Write `copies` .json.gz files of the mirror texts matched by `globs` (ids distinct across files); returns every
-    document's text in build order. `distinct`: each copy's documents start with their own line, so copies are
-    near-duplicates, not exact ones."""
+    document's text in build order. `differ` (see WORKLOADS): "first-line" gives each copy's documents their own
+    first line (near duplicates), "verbatim" copies them exactly, "shuffled" shuffles the words of every document
+    after the first copy (same words and lengths, no duplicates)."""
+    import random
+
     from pipelines.read.formats import iter_records
 
     hub = SHARED / "hub"
@@ -72,7 +82,13 @@ def make_corpus(dest: Path, globs: tuple[str, ...], copies: int, distinct: bool)
     dest.mkdir(parents=True)
     all_texts = []
     for c in range(copies):  # each copy is a separate file with distinct ids, like more shards of the same source
-        copy = [f"copy {c} document {i}\n{t}" for i, t in enumerate(texts)] if distinct else texts
+        if differ == "first-line":
+            copy = [f"copy {c} document {i}\n{t}" for i, t in enumerate(texts)]
+        elif differ == "shuffled" and c:
+            copy = [" ".join(random.Random(c * 1_000_003 + i).sample(t.split(" "), t.count(" ") + 1))
+                    for i, t in enumerate(texts)]
+        else:
+            copy = texts
         lines = [json.dumps({"id": f"c{c}-{i}", "text": t}) for i, t in enumerate(copy)]
         (dest / f"part-{c:04d}.json.gz").write_bytes(gzip.compress("\n".join(lines).encode(), compresslevel=1))
         all_texts += copy
@@ -200,11 +216,11 @@ def print_breakdown(stages: list[tuple[str, float]], total: float, steps: dict[s
 
 
 def run_workload(name: str, args, tmp: Path, tok) -> None:
-    globs, copies, distinct = WORKLOADS[name]
-    texts = make_corpus(tmp / name / "data", globs, args.copies or copies, distinct)
+    globs, copies, differ = WORKLOADS[name]
+    texts = make_corpus(tmp / name / "data", globs, args.copies or copies, differ)
     n_bytes = sum(len(t.encode()) for t in texts)
-    extra = {} if args.no_dedup_decontam else {"dedup": {"exact": True, "minhash": True, "url": True},
-                                                "decontaminate": {"ngram": 13}}
+    dedup = {"exact": True, "minhash": True, "url": True, **({"tokenize_after": True} if args.tokenize_after else {})}
+    extra = {} if args.no_dedup_decontam else {"dedup": dedup, "decontaminate": {"ngram": 13}}
     spec = {"name": "bench", "seq_len": 4096, "tokenizer": str(TOKENIZER),
             "sources": [{"name": "mix", "uri": str(tmp / name / "data" / "*.json.gz")}], **extra}
     raw = {"wall": float("inf"), "cpu": float("inf")}
@@ -241,7 +257,8 @@ def run_workload(name: str, args, tmp: Path, tok) -> None:
         worker_rss_mb = max(worker_rss_mb, poll.peak_rss_mb)
         shutil.rmtree(out)
 
-    config = "dedup + decontamination OFF" if args.no_dedup_decontam else "stage-2: dedup + decontamination ON"
+    config = "dedup + decontamination OFF" if args.no_dedup_decontam else "stage-2: dedup + decontamination ON" + (
+        ", tokenized after dedup (dedup.tokenize_after)" if args.tokenize_after else "")
     print(f"\n== workload {name}: {config}; documents {len(texts):,} ({len(set(texts)):,} distinct)  text "
           f"{n_bytes / 1e6:.1f} MB  tokens {n_tokens:,}  workers {args.workers}  best of {args.repeat}  "
           f"(1-min load average before each run: {', '.join(f'{x:.2f}' for x in loads)}; now {load_average()})")
@@ -263,6 +280,8 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=0, help="files per workload (default: mixed 4, web 6)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-dedup-decontam", action="store_true", help="build without dedup and decontamination")
+    ap.add_argument("--tokenize-after", action="store_true",
+                    help="spec dedup.tokenize_after: tokenize after the global dedup, so duplicates are never tokenized")
     ap.add_argument("--repeat", type=int, default=1, help="alternate baseline and build this many times; best of each")
     args = ap.parse_args()
 

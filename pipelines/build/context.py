@@ -13,6 +13,7 @@ from pipelines.build.inputs import stage_a_code_version
 from pipelines.build.options import BuildOptions
 from pipelines.build.spec import MixtureSpec, planned_share
 from pipelines.dedup.copies import copies_enabled
+from pipelines.dedup.late_tokens import check_tokenize_after
 from pipelines.errors import SpecError
 from pipelines.read.registry import task_options
 from pipelines.read.rowfilters import task_fetch
@@ -100,6 +101,7 @@ def prepare(spec: MixtureSpec, opts: BuildOptions) -> BuildContext:
                                   options=task_options(spec, s, tokenizer_path)))
 
     with_mask = bool(spec.packing.get("loss_mask", False))
+    check_tokenize_after(spec, tasks, with_mask)
     stage_a = {
         "tasks": [t.__dict__ for t in tasks], "tokenizer_sha256": sha256_file(tokenizer_path), "eos": eos_id,
         "seed": seed, "strict": opts.strict, "decontaminate": spec.decontaminate, "dedup": spec.dedup,

@@ -45,6 +45,7 @@ from pipelines.build.inputs import input_changes, record_inputs
 from pipelines.build.lock import out_lock
 from pipelines.build.options import BuildOptions
 from pipelines.build.spec import MixtureSpec
+from pipelines.dedup.late_tokens import late_tokens_stage, tokenize_after
 from pipelines.errors import OptionError
 from pipelines.io import parse_bytes
 from pipelines.pack.items import ApplyDecisions
@@ -126,15 +127,22 @@ def stage_a_pipeline(ctx: BuildContext) -> list[PipelineStep]:
         from pipelines.steps.chat_template import ChatTemplateTokenize
 
         steps.append(ChatTemplateTokenize(ctx.tokenizer_path, ctx.eos_id, ctx.spec.seq_len, ctx.pad_id))
+    if not tokenize_after(ctx.spec.dedup):  # else tokenized after the global dedup: `late_tokens`
+        steps.append(stage_a_tokenizer(ctx))
+    steps.append(WriteIntermediate(os.path.join(ctx.work_dir, "docs"), ctx.tasks, with_mask=ctx.with_mask,
+                                   token_dtype=token_dtype(ctx.vocab_size).name))
+    return steps
+
+
+def stage_a_tokenizer(ctx: BuildContext, every_core: bool = False) -> PipelineStep:
+    """The build's tokenization step: with local workers sharing the machine, one core's share of threads each;
+    `every_core` for `late_tokens`, where survivors crowd into few files (the first copy of a document is the one
+    kept, so early files hold most of them) and a worker with the only big file should not run on one thread."""
     from pipelines.steps.tokenize_modes import tokenize_step
 
-    steps += [
-        tokenize_step(ctx.spec.tokenization, ctx.tokenizer_path, ctx.eos_id, with_offsets=ctx.with_mask,
-                      pad_id=ctx.pad_id, threads=worker_threads(ctx.opts.executor, ctx.opts.workers, len(ctx.tasks))),
-        WriteIntermediate(os.path.join(ctx.work_dir, "docs"), ctx.tasks, with_mask=ctx.with_mask,
-                          token_dtype=token_dtype(ctx.vocab_size).name),
-    ]
-    return steps
+    threads = None if every_core else worker_threads(ctx.opts.executor, ctx.opts.workers, len(ctx.tasks))
+    return tokenize_step(ctx.spec.tokenization, ctx.tokenizer_path, ctx.eos_id, with_offsets=ctx.with_mask,
+                         pad_id=ctx.pad_id, threads=threads)
 
 
 def _decontam_config(ctx: BuildContext):
@@ -168,6 +176,11 @@ def plan_stages(ctx: BuildContext) -> list[Stage]:
     if input_bytes(ctx) < IN_PROCESS_BELOW_BYTES:  # small build: the global stages' work is cheaper than a pool
         for stage in global_stages:
             stage.in_process = True
+    if ctx.tasks and tokenize_after(ctx.spec.dedup):  # tokenize what dedup kept, before stage B reads tokens
+        late = late_tokens_stage(ctx.work_dir, read_steps(ctx), stage_a_tokenizer(ctx, every_core=True),
+                                 token_dtype(ctx.vocab_size).name, len(ctx.tasks))
+        n_decide = len(global_dedup_stages(ctx))
+        global_stages.insert(n_decide, late)
     return stages + global_stages
 
 

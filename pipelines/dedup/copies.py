@@ -253,4 +253,5 @@ def copies_enabled(dedup: dict | bool | None, exclude: tuple[str, ...], with_mas
     from pipelines.dedup.signatures import DedupConfig
 
     cfg = DedupConfig.from_spec(dedup)
-    return bool(cfg and cfg.exact and not exclude and not with_mask and any(plain_task(t) for t in tasks))
+    return bool(cfg and cfg.exact and not cfg.tokenize_after and not exclude and not with_mask
+                and any(plain_task(t) for t in tasks))  # tokenize_after: no duplicate is tokenized anyway

@@ -55,6 +55,9 @@ class DedupConfig:
     # dropped ~17% of the time (issue 20). `verify: false` restores band-only decisions.
     threshold: float | None = None
     verify: bool = True
+    # Tokenize after the global dedup (`pipelines.dedup.late_tokens`): a dropped duplicate is never tokenized, so
+    # its `n_tokens` stays null in the manifest. Shards are the same bytes either way.
+    tokenize_after: bool = False
 
     @classmethod
     def from_spec(cls, d: dict | bool | None) -> "DedupConfig | None":
@@ -75,8 +78,9 @@ class DedupConfig:
         if cfg.threshold is not None and (isinstance(cfg.threshold, bool) or not isinstance(cfg.threshold, (int, float))
                                           or not 0 < cfg.threshold <= 1):
             raise SpecError(f"dedup.threshold must be a number in (0, 1], got {cfg.threshold!r}")
-        if not isinstance(cfg.verify, bool):
-            raise SpecError(f"dedup.verify must be true or false, got {cfg.verify!r}")
+        for k in ("verify", "tokenize_after"):
+            if not isinstance(getattr(cfg, k), bool):
+                raise SpecError(f"dedup.{k} must be true or false, got {getattr(cfg, k)!r}")
         if not (cfg.exact or cfg.minhash or cfg.url):
             return None
         return cfg
@@ -100,7 +104,10 @@ class DedupConfig:
         return 1.0 - (1.0 - jaccard ** self.rows) ** self.bands
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.tokenize_after:  # off: the same dict (and hashes) as before the option existed
+            del d["tokenize_after"]
+        return d
 
 
 class MinHasher:

@@ -167,6 +167,10 @@ class ApplyDecisions(PipelineStep):
     def _items(self, docs: pa.Table, keys: np.ndarray, doc_id: np.ndarray, status: np.ndarray,
                n_copies: np.ndarray) -> pa.Table:
         kept = np.nonzero((status == "kept") & (n_copies > 0))[0]
+        untokenized = kept[~docs["n_tokens"].is_valid().to_numpy(zero_copy_only=False)[kept]]
+        if len(untokenized):  # never a silent zero-length document: its tokens were not written
+            raise RuntimeError(f"document {doc_id[untokenized[0]]!r} is kept but was never tokenized "
+                               "(a stage-A or late_tokens intermediate is incomplete)")
         n_tok = docs["n_tokens"].to_numpy(zero_copy_only=False)[kept].astype(np.int64)
         offset = docs["offset"].to_numpy()[kept].astype(np.int64)
         src_names = docs["source"].to_numpy(zero_copy_only=False)[kept]
