@@ -33,6 +33,7 @@ SLOW_MODULES = {
     "test_eval", "test_trainer_integrity", "test_build_crash_safety", "test_holdout_by_source", "test_recipes_carry",
     "test_mix_search_train", "test_hf_export_files", "test_faithful_specs", "test_verify_tampering",
     "test_import_names", "test_lm_eval", "test_dpo_build", "test_exact_copies", "test_dedup_verify", "test_executors",
+    "test_tokenize_after",
 }
 
 

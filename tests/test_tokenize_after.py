@@ -117,3 +117,46 @@ def test_bad_tokenize_after_is_one_line_and_exit_2(tmp_path, dedup, packing, mes
                            str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and message in proc.stderr + proc.stdout
+
+
+def test_late_tokens_run_again_on_a_rewritten_file_gives_the_same_intermediates(builds):
+    """A build killed after `late_tokens` rewrote a file's intermediates but before datatrove marked the task done
+    runs the task again on the rewritten file: the same tokens and rows come out (status and decisions are
+    unchanged, the tokens are recomputed from the text), and the next build reuses everything."""
+    import pyarrow.parquet as pq
+
+    from pipelines.build.context import prepare
+    from pipelines.build.options import BuildOptions
+    from pipelines.build.run import plan_stages
+    from pipelines.build.spec import load_spec
+    from pipelines.steps.intermediate import intermediate_paths
+
+    out = builds["after-1"]
+    ctx = prepare(load_spec(str(out.parent / "after.yaml")), BuildOptions(out=str(out), workers=1, progress=False,
+                                                                          source_root=str(HUB)))
+    stage = next(s for s in plan_stages(ctx) if s.name == "late_tokens")
+    for rank in range(stage.tasks):
+        docs_path, tok_path, _ = intermediate_paths(str(Path(ctx.work_dir) / "docs"), rank)
+        rows, tokens = pq.read_table(docs_path), Path(tok_path).read_bytes()
+        data = None
+        for step in stage.pipeline:
+            data = step.run(data, rank, stage.tasks)
+        assert list(data) == []
+        assert pq.read_table(docs_path).equals(rows) and Path(tok_path).read_bytes() == tokens
+        assert not list(Path(docs_path).parent.glob("*.tmp.*"))
+    shards = _shards(out)
+    build(out.parent / "after.yaml", out, workers=1)
+    assert _shards(out) == shards
+
+
+def test_on_ray_the_same_shards(builds, tmp_path):
+    """The late stage is a per-file stage like stage A: on Ray's executor too, the same bytes."""
+    ray = pytest.importorskip("ray", reason="Ray is the `[ray]` extra (make setup installs it)")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {
+        "PYTHONPATH": str(ROOT)}})
+    try:
+        on_ray = build(builds["after-1"].parent / "after.yaml", tmp_path / "ray", workers=2, executor="ray")
+    finally:
+        ray.shutdown()
+    assert _shards(on_ray) == _shards(builds["before"])
+    assert _documents(on_ray) == _documents(builds["after-1"])
