@@ -111,8 +111,12 @@ def resume_build_notes(state: dict, fingerprints: dict[str, integrity.BuildFinge
     saved_builds = state.get("builds")
     notes = []
     for i, (build, current) in enumerate(fingerprints.items()):
-        if build == primary or saved_builds is None:
-            saved = state.get("build") if build == primary else None
+        if build == primary:
+            saved = state.get("build")
+        elif saved_builds is None:  # a checkpoint from before `builds`: nothing to compare the others with
+            notes.append(f"{checkpoint} records the fingerprint of its first build only; cannot tell whether "
+                         f"{build} is the build it trained on")
+            continue
         elif i < len(saved_builds):
             saved = saved_builds[i]
         else:

@@ -171,16 +171,15 @@ def plan_stages(ctx: BuildContext) -> list[Stage]:
                             description=f"read + tokenize {len(ctx.tasks)} files"))
     from pipelines.dedup.global_stages import global_dedup_stages
 
-    # ids, --exclude, dedup -> work/<hash>/decisions/; then stage B
-    global_stages = stage_b_stages(ctx, decide=global_dedup_stages(ctx))
+    # ids, --exclude, dedup -> work/<hash>/decisions/; [late_tokens: tokenize what dedup kept]; then stage B
+    late = []
+    if ctx.tasks and tokenize_after(ctx.spec.dedup):
+        late = [late_tokens_stage(ctx.work_dir, read_steps(ctx), stage_a_tokenizer(ctx, every_core=True),
+                                  token_dtype(ctx.vocab_size).name, len(ctx.tasks))]
+    global_stages = stage_b_stages(ctx, decide=global_dedup_stages(ctx) + late)
     if input_bytes(ctx) < IN_PROCESS_BELOW_BYTES:  # small build: the global stages' work is cheaper than a pool
         for stage in global_stages:
-            stage.in_process = True
-    if ctx.tasks and tokenize_after(ctx.spec.dedup):  # tokenize what dedup kept, before stage B reads tokens
-        late = late_tokens_stage(ctx.work_dir, read_steps(ctx), stage_a_tokenizer(ctx, every_core=True),
-                                 token_dtype(ctx.vocab_size).name, len(ctx.tasks))
-        n_decide = len(global_dedup_stages(ctx))
-        global_stages.insert(n_decide, late)
+            stage.in_process = all(stage is not x for x in late)  # late_tokens tokenizes: it keeps its pool
     return stages + global_stages
 
 
